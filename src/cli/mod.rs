@@ -1,0 +1,30 @@
+//! Command-line front end. `main.rs` only calls [`run`].
+//!
+//! Each subcommand lives in its own file: its clap `Args` struct (low-level,
+//! parse only) and a `run` function that validates them into a config and
+//! calls the library.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "diffbragg", version, about = "Pixel-level refinement of XFEL still shots")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print version and build information.
+    Info,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info => {
+            println!("diffbragg {} (features: mpi={})", env!("CARGO_PKG_VERSION"), cfg!(feature = "mpi"));
+            Ok(())
+        }
+    }
+}

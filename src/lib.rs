@@ -1,0 +1,15 @@
+//! diffbragg-rs: pixel-level refinement of X-ray free-electron-laser still shots.
+//!
+//! Module map (each module states its conventions at the top):
+//! * [`conventions`]: frames, units, rotation order, Miller rounding, A = U·B.
+//! * [`geometry`]: beam and detector (panel hierarchy composed into lab frame).
+//! * [`crystal`]: unit cell and orientation.
+//! * [`spectrum`]: channel wavelengths and weights.
+//! * [`error`]: errors that name the file, row or parameter.
+
+pub mod cli;
+pub mod conventions;
+pub mod crystal;
+pub mod error;
+pub mod geometry;
+pub mod spectrum;
