@@ -201,17 +201,7 @@ pub fn mat3_from_row_major(v: &[f64]) -> Mat3 {
 
 /// Row-major 9 values of a matrix (dxtbx/JSON order).
 pub fn mat3_to_row_major(m: &Mat3) -> [f64; 9] {
-    [
-        m[(0, 0)],
-        m[(0, 1)],
-        m[(0, 2)],
-        m[(1, 0)],
-        m[(1, 1)],
-        m[(1, 2)],
-        m[(2, 0)],
-        m[(2, 1)],
-        m[(2, 2)],
-    ]
+    [m[(0, 0)], m[(0, 1)], m[(0, 2)], m[(1, 0)], m[(1, 1)], m[(1, 2)], m[(2, 0)], m[(2, 1)], m[(2, 2)]]
 }
 
 /// Three-vector from a slice.
@@ -260,22 +250,16 @@ mod tests {
         assert!(close(&rot_x(t), &axis_angle(&Vec3::x(), -t), 1e-14));
         assert!(close(&rot_y(t), &axis_angle(&Vec3::y(), -t), 1e-14));
         assert!(close(&rot_z(t), &axis_angle(&Vec3::z(), -t), 1e-14));
-        assert!(close(
-            &rot_xyz(0.1, 0.2, 0.3),
-            &(rot_x(0.1) * rot_y(0.2) * rot_z(0.3)),
-            1e-15
-        ));
+        assert!(close(&rot_xyz(0.1, 0.2, 0.3), &(rot_x(0.1) * rot_y(0.2) * rot_z(0.3)), 1e-15));
     }
 
     #[test]
     fn rotation_derivatives_match_finite_differences() {
         let t = 0.37;
         let h = 1e-6;
-        for (f, df) in [
-            (rot_x as fn(f64) -> Mat3, drot_x as fn(f64) -> Mat3),
-            (rot_y, drot_y),
-            (rot_z, drot_z),
-        ] {
+        for (f, df) in
+            [(rot_x as fn(f64) -> Mat3, drot_x as fn(f64) -> Mat3), (rot_y, drot_y), (rot_z, drot_z)]
+        {
             let fd = (f(t + h) - f(t - h)) / (2.0 * h);
             assert!(close(&fd, &df(t), 1e-9));
         }

@@ -41,27 +41,22 @@ impl UnitCell {
     }
 
     pub fn from_vectors(a: &Vec3, b: &Vec3, c: &Vec3) -> UnitCell {
-        let ang = |u: &Vec3, v: &Vec3| (u.dot(v) / (u.norm() * v.norm())).clamp(-1.0, 1.0).acos().to_degrees();
+        let ang =
+            |u: &Vec3, v: &Vec3| (u.dot(v) / (u.norm() * v.norm())).clamp(-1.0, 1.0).acos().to_degrees();
         UnitCell::new(a.norm(), b.norm(), c.norm(), ang(b, c), ang(a, c), ang(a, b))
     }
 
     /// Volume, Å³.
     pub fn volume(&self) -> f64 {
-        let (ca, cb, cg) = (
-            self.alpha.to_radians().cos(),
-            self.beta.to_radians().cos(),
-            self.gamma.to_radians().cos(),
-        );
+        let (ca, cb, cg) =
+            (self.alpha.to_radians().cos(), self.beta.to_radians().cos(), self.gamma.to_radians().cos());
         self.a * self.b * self.c * (1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg).sqrt()
     }
 
     /// Real-space orthogonalisation matrix (PDB convention), columns a, b, c.
     pub fn b_real(&self) -> Mat3 {
-        let (ca, cb, cg) = (
-            self.alpha.to_radians().cos(),
-            self.beta.to_radians().cos(),
-            self.gamma.to_radians().cos(),
-        );
+        let (ca, cb, cg) =
+            (self.alpha.to_radians().cos(), self.beta.to_radians().cos(), self.gamma.to_radians().cos());
         let sg = self.gamma.to_radians().sin();
         let v = self.volume();
         Mat3::new(

@@ -202,8 +202,7 @@ impl Panel {
 
     /// Fractional pixel coordinates where the ray along `dir` meets the panel.
     pub fn ray_intersection_px(&self, dir: &Vec3) -> Option<(f64, f64)> {
-        self.ray_intersection_mm(dir)
-            .map(|(x, y)| self.mm_to_pixel(x, y))
+        self.ray_intersection_mm(dir).map(|(x, y)| self.mm_to_pixel(x, y))
     }
 
     /// Whether fractional pixel coordinates fall on the panel.
@@ -214,8 +213,7 @@ impl Panel {
     /// The lab point where the beam line meets the panel plane (dxtbx
     /// `get_beam_centre_lab`).
     pub fn beam_centre_lab(&self, unit_s0: &Vec3) -> Option<Vec3> {
-        self.ray_intersection_mm(unit_s0)
-            .map(|(x, y)| self.mm_to_lab(x, y))
+        self.ray_intersection_mm(unit_s0).map(|(x, y)| self.mm_to_lab(x, y))
     }
 
     /// Resolution (Å) at fractional pixel coordinates for incident `s0` (Å⁻¹).

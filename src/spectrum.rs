@@ -62,7 +62,10 @@ impl Spectrum {
     /// A copy whose weights sum to `total`.
     pub fn normalized_to(&self, total: f64) -> Spectrum {
         let t = self.total();
-        Spectrum { wavelengths: self.wavelengths.clone(), weights: self.weights.iter().map(|w| w * total / t).collect() }
+        Spectrum {
+            wavelengths: self.wavelengths.clone(),
+            weights: self.weights.iter().map(|w| w * total / t).collect(),
+        }
     }
 
     /// Every `stride`-th channel, starting with the first (diffBragg `spectrum.stride`).
