@@ -13,3 +13,5 @@ pub mod crystal;
 pub mod error;
 pub mod geometry;
 pub mod spectrum;
+#[doc(hidden)]
+pub mod testutil;
