@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod conventions;
 pub mod crystal;
+pub mod dist;
 pub mod error;
 pub mod geometry;
 pub mod spectrum;
