@@ -44,7 +44,8 @@ pub mod flags {
     pub const FOREGROUND_INCLUDES_BAD_PIXELS: u64 = 1 << 14;
     pub const BACKGROUND_INCLUDES_BAD_PIXELS: u64 = 1 << 15;
     pub const INCLUDES_BAD_PIXELS: u64 = FOREGROUND_INCLUDES_BAD_PIXELS | BACKGROUND_INCLUDES_BAD_PIXELS;
-    pub const BAD_SHOEBOX: u64 = OVERLOADED | OVERLAPPED_BG | OVERLAPPED_FG | IN_POWDER_RING | INCLUDES_BAD_PIXELS;
+    pub const BAD_SHOEBOX: u64 =
+        OVERLOADED | OVERLAPPED_BG | OVERLAPPED_FG | IN_POWDER_RING | INCLUDES_BAD_PIXELS;
     pub const USED_IN_MODELLING: u64 = 1 << 16;
     pub const CENTROID_OUTLIER: u64 = 1 << 17;
     pub const FAILED_DURING_BACKGROUND_MODELLING: u64 = 1 << 18;
@@ -226,9 +227,14 @@ impl Shoebox {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let n = self.num_voxels()?;
         if let Some(d) = &self.data {
-            for (what, len) in [("data", d.data.len()), ("mask", d.mask.len()), ("background", d.background.len())] {
+            for (what, len) in
+                [("data", d.data.len()), ("mask", d.mask.len()), ("background", d.background.len())]
+            {
                 if len as u64 != n {
-                    return Err(format!("shoebox {what} has {len} values, bounding box {:?} needs {n}", self.bbox));
+                    return Err(format!(
+                        "shoebox {what} has {len} values, bounding box {:?} needs {n}",
+                        self.bbox
+                    ));
                 }
             }
         }
@@ -314,7 +320,7 @@ impl Column {
     /// Rows at `indices` (in that order, repeats allowed). Indices must be in range:
     /// [`ReflectionTable::select_indices`] checks them.
     fn take(&self, indices: &[usize]) -> Column {
-        map_column!(self, v => indices.iter().map(|&i| v[i].clone()).collect())
+        map_column!(self, v => pick(v, indices))
     }
 
     /// Append `other` (same type) to this column.
@@ -334,6 +340,10 @@ impl Column {
         }
         Ok(())
     }
+}
+
+fn pick<T: Clone>(v: &[T], indices: &[usize]) -> Vec<T> {
+    indices.iter().map(|&i| v[i].clone()).collect()
 }
 
 macro_rules! column_from {
@@ -567,7 +577,9 @@ impl ReflectionTable {
                 if let Some(mine) = self.columns.get_mut(name) {
                     // Types were checked above, so this cannot fail.
                     mine.append(col).map_err(|t| {
-                        Error::msg(format!("cannot join reflection tables: column `{name}` type {t} does not match"))
+                        Error::msg(format!(
+                            "cannot join reflection tables: column `{name}` type {t} does not match"
+                        ))
                     })?;
                 }
             }
@@ -620,7 +632,10 @@ mod tests {
         let t = small();
         assert_eq!(t.get_vec3("xyzobs.px.value").unwrap()[1], [2.0, 3.0, 0.5]);
         let e = t.get_double("xyzobs.px.value").unwrap_err().to_string();
-        assert!(e.contains("`xyzobs.px.value`") && e.contains("vec3<double>") && e.contains("expected double"), "{e}");
+        assert!(
+            e.contains("`xyzobs.px.value`") && e.contains("vec3<double>") && e.contains("expected double"),
+            "{e}"
+        );
         let e = t.get_int("nope").unwrap_err().to_string();
         assert!(e.contains("`nope`") && e.contains("flags"), "{e}");
         let mut t = t;
@@ -703,11 +718,19 @@ mod tests {
         let mut s = Shoebox { panel: 0, bbox: [-2, 1, 5, 7, 0, 1], data: None };
         assert_eq!(s.shape().unwrap(), [1, 2, 3]);
         assert_eq!(s.num_voxels().unwrap(), 6);
-        s.data = Some(ShoeboxData { data: vec![0.0; 6], mask: ShoeboxMask::U8(vec![5; 6]), background: vec![0.0; 5] });
+        s.data = Some(ShoeboxData {
+            data: vec![0.0; 6],
+            mask: ShoeboxMask::U8(vec![5; 6]),
+            background: vec![0.0; 5],
+        });
         assert!(s.validate().unwrap_err().contains("background"));
         s.bbox = [3, 1, 0, 1, 0, 1];
         assert!(s.validate().unwrap_err().contains("inverted"));
-        let big = Shoebox { panel: 0, bbox: [i32::MIN, i32::MAX, i32::MIN, i32::MAX, i32::MIN, i32::MAX], data: None };
+        let big = Shoebox {
+            panel: 0,
+            bbox: [i32::MIN, i32::MAX, i32::MIN, i32::MAX, i32::MIN, i32::MAX],
+            data: None,
+        };
         assert!(big.num_voxels().is_err());
         assert_eq!(ShoeboxMask::I32(vec![19, 5]).iter().collect::<Vec<_>>(), vec![19, 5]);
     }

@@ -35,11 +35,19 @@ const FILE_TYPE: &str = "dials::af::reflection_table";
 /// Bytes before the pixel arrays of one shoebox record: panel, bbox, flag.
 const SHOEBOX_HEADER: usize = 4 + 6 * 4 + 1;
 
-fn convert_hint(what: &str) -> String {
+/// The DIALS command that rewrites `path` as a msgpack `.refl` file named `out`.
+fn convert_hint(path: &Path, out: &str) -> String {
+    let dir = path.parent().unwrap_or(Path::new(""));
     format!(
         "convert it with DIALS (DIALS_USE_H5 unset): dials.python -c \"from dials.array_family import flex; \
-         flex.reflection_table.from_file('{what}').as_file('converted.refl')\""
+         flex.reflection_table.from_file('{}').as_file('{}')\"",
+        path.display(),
+        dir.join(out).display()
     )
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map_or_else(|| "table".into(), |s| s.to_string_lossy().into_owned())
 }
 
 /// How the table was stored.
@@ -128,19 +136,25 @@ pub fn decode_refl(bytes: &[u8], path: &Path) -> Result<ReflFile> {
                 .read_to_end(&mut inner)
                 .map_err(|e| Error::file(path, format!("gzip-compressed reflection table: {e}")))?;
             if sniff(&inner) != Sniff::Msgpack {
-                return Err(Error::file(path, "gzip-compressed file does not hold a msgpack DIALS reflection table"));
+                return Err(Error::file(
+                    path,
+                    "gzip-compressed file does not hold a msgpack DIALS reflection table",
+                ));
             }
             decode_msgpack(&inner, path, Container::GzipMsgpack)
         }
         Sniff::Hdf5 => Err(Error::file(
             path,
-            format!("HDF5 reflection tables (written with DIALS_USE_H5) are not supported; {}", convert_hint(&path.display().to_string())),
+            format!(
+                "HDF5 reflection tables (written with DIALS_USE_H5) are not supported; {}",
+                convert_hint(path, &format!("{}_msgpack.refl", stem(path)))
+            ),
         )),
         Sniff::Pickle => Err(Error::file(
             path,
             format!(
                 "this is a legacy pickled reflection table (DIALS < 2.0), which is not supported; {}",
-                convert_hint(&path.display().to_string())
+                convert_hint(path, &format!("{}.refl", stem(path)))
             ),
         )),
         Sniff::Empty => Err(Error::file(path, "empty file, expected a DIALS reflection table")),
@@ -148,7 +162,10 @@ pub fn decode_refl(bytes: &[u8], path: &Path) -> Result<ReflFile> {
             let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
             Err(Error::file(
                 path,
-                format!("not a DIALS reflection table (msgpack .refl expected; file starts with {})", head.join(" ")),
+                format!(
+                    "not a DIALS reflection table (msgpack .refl expected; file starts with {})",
+                    head.join(" ")
+                ),
             ))
         }
     }
@@ -256,7 +273,11 @@ fn scan_msgpack(bytes: &[u8]) -> std::result::Result<RawTable<'_>, String> {
     let nrows = nrows.ok_or("header has no `nrows`")?;
     let columns = columns.ok_or("header has no `data`")?;
     if r.pos != bytes.len() {
-        return Err(format!("{} unexpected bytes after the table (from byte {})", bytes.len() - r.pos, r.pos));
+        return Err(format!(
+            "{} unexpected bytes after the table (from byte {})",
+            bytes.len() - r.pos,
+            r.pos
+        ));
     }
     Ok(RawTable { version, nrows, identifiers: identifiers.unwrap_or_default(), columns })
 }
@@ -451,7 +472,11 @@ fn decode_column(ty: ColumnType, blob: &[u8], nrows: usize) -> ColRes<Column> {
     if expected != Some(blob.len()) {
         return Err((
             None,
-            format!("{ty} data has {} bytes, expected {nrows} × {size} = {}", blob.len(), nrows as u128 * size as u128),
+            format!(
+                "{ty} data has {} bytes, expected {nrows} × {size} = {}",
+                blob.len(),
+                nrows as u128 * size as u128
+            ),
         ));
     }
     Ok(match ty {
@@ -465,10 +490,14 @@ fn decode_column(ty: ColumnType, blob: &[u8], nrows: usize) -> ColRes<Column> {
         ColumnType::Size => Column::Size(fixed::<_, 8>(blob, |a| u64::from_le_bytes(*a))),
         ColumnType::Double => Column::Double(fixed::<_, 8>(blob, |a| f64::from_le_bytes(*a))),
         ColumnType::Vec2 => Column::Vec2(fixed::<_, 16>(blob, |a| [f64_at(a, 0), f64_at(a, 1)])),
-        ColumnType::Vec3 => Column::Vec3(fixed::<_, 24>(blob, |a| [f64_at(a, 0), f64_at(a, 1), f64_at(a, 2)])),
+        ColumnType::Vec3 => {
+            Column::Vec3(fixed::<_, 24>(blob, |a| [f64_at(a, 0), f64_at(a, 1), f64_at(a, 2)]))
+        }
         ColumnType::Mat3 => Column::Mat3(fixed::<_, 72>(blob, |a| std::array::from_fn(|i| f64_at(a, i)))),
         ColumnType::Int6 => Column::Int6(fixed::<_, 24>(blob, |a| std::array::from_fn(|i| i32_at(a, i)))),
-        ColumnType::Miller => Column::Miller(fixed::<_, 12>(blob, |a| [i32_at(a, 0), i32_at(a, 1), i32_at(a, 2)])),
+        ColumnType::Miller => {
+            Column::Miller(fixed::<_, 12>(blob, |a| [i32_at(a, 0), i32_at(a, 1), i32_at(a, 2)]))
+        }
         ColumnType::Shoebox => unreachable!("shoeboxes have no fixed element size"),
     })
 }
@@ -532,14 +561,17 @@ fn decode_shoeboxes(blob: &[u8], nrows: usize) -> ColRes<Vec<Shoebox>> {
 /// Write `table` to `path` atomically (temporary file, then rename).
 pub fn write_refl(path: impl AsRef<Path>, table: &ReflectionTable) -> Result<()> {
     let path = path.as_ref();
-    let bytes = encode_refl(table).map_err(|e| Error::file(path, format!("cannot write reflection table: {e}")))?;
+    let bytes =
+        encode_refl(table).map_err(|e| Error::file(path, format!("cannot write reflection table: {e}")))?;
     write_atomic(path, &bytes)
 }
 
 /// The table version [`encode_refl`] writes: 2 when a shoebox holds a u8 mask, else 1.
 pub fn table_version(table: &ReflectionTable) -> u64 {
     let has_u8 = table.columns().any(|(_, c)| match c {
-        Column::Shoebox(v) => v.iter().any(|s| matches!(&s.data, Some(d) if matches!(d.mask, ShoeboxMask::U8(_)))),
+        Column::Shoebox(v) => {
+            v.iter().any(|s| matches!(&s.data, Some(d) if matches!(d.mask, ShoeboxMask::U8(_))))
+        }
         _ => false,
     });
     if has_u8 {
@@ -582,7 +614,9 @@ pub fn encode_refl(table: &ReflectionTable) -> Result<Vec<u8>> {
         blob_sizes.push(size as usize);
     }
 
-    let mut w = Vec::with_capacity(blob_sizes.iter().sum::<usize>() + 64 * (table.ncols() + table.identifiers.len()) + 64);
+    let mut w = Vec::with_capacity(
+        blob_sizes.iter().sum::<usize>() + 64 * (table.ncols() + table.identifiers.len()) + 64,
+    );
     put_array_len(&mut w, 3)?;
     put_str(&mut w, FILE_TYPE)?;
     put_uint(&mut w, table_version(table));
@@ -685,7 +719,15 @@ fn put_uint(w: &mut Vec<u8>, v: u64) {
 
 /// msgpack length prefix: the fix form (marker base, exclusive limit) when there is one and
 /// `n` fits, else the 8-bit form when there is one, else 16 or 32 bits.
-fn put_len(w: &mut Vec<u8>, n: usize, fix: Option<(u8, usize)>, m8: Option<u8>, m16: u8, m32: u8, what: &str) -> Result<()> {
+fn put_len(
+    w: &mut Vec<u8>,
+    n: usize,
+    fix: Option<(u8, usize)>,
+    m8: Option<u8>,
+    m16: u8,
+    m32: u8,
+    what: &str,
+) -> Result<()> {
     if let Some((base, limit)) = fix {
         if n < limit {
             w.push(base | n as u8);
