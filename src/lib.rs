@@ -13,6 +13,8 @@ pub mod crystal;
 pub mod dist;
 pub mod error;
 pub mod geometry;
+pub mod io;
+pub mod reflections;
 pub mod spectrum;
 #[doc(hidden)]
 pub mod testutil;

@@ -1,0 +1,2 @@
+//! Readers and writers of external file formats.
+pub mod dials_refl;
