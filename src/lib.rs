@@ -12,6 +12,7 @@ pub mod conventions;
 pub mod crystal;
 pub mod error;
 pub mod geometry;
+pub mod refine;
 pub mod spectrum;
 #[doc(hidden)]
 pub mod testutil;
