@@ -7,3 +7,5 @@
 //! * [`uncertainty`]: standard errors from the Fisher information at the optimum.
 
 pub mod lbfgsb;
+pub mod params;
+pub mod restraints;
