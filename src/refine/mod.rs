@@ -9,3 +9,5 @@
 pub mod lbfgsb;
 pub mod params;
 pub mod restraints;
+pub mod likelihood;
+pub mod uncertainty;
