@@ -40,6 +40,18 @@
 //!   re-evaluating the same point until `maxls` is reached.
 //! * A non-finite f or g, or an error from the closure, stops with
 //!   [`Status::EvaluationFailed`] and returns the last accepted iterate.
+//!
+//! # Evaluation count
+//! A trial point equal (bitwise) to the last evaluated point reuses that
+//! evaluation, as scipy's `ScalarFunction` does, so `n_eval` counts closure calls
+//! and matches scipy's `nfev`.
+//!
+//! # Line-search failure at the noise floor
+//! With tolerances tighter than the rounding noise of f (hopper's gtol = 1e-12
+//! is), a run can end with [`Status::LineSearchFailed`]: no trial point is
+//! lower than the current one by more than rounding. As in scipy
+//! (`ABNORMAL_TERMINATION_IN_LNSRCH`) `x` is then the best iterate found, and is
+//! in practice converged; callers decide whether to treat it as such.
 
 use crate::error::{Error, Result};
 use nalgebra::DMatrix;
@@ -1261,6 +1273,7 @@ where
         return finish(x, f, g, n_iter, n_eval, Status::GradientConverged, msg);
     }
 
+    let mut x_evaluated = x.clone();
     let mut mem = Memory::new(opts.m);
     let mut free: Vec<usize> = (0..n).collect();
     let mut active: Vec<usize> = Vec::new();
@@ -1374,17 +1387,22 @@ where
                         x[i] = v;
                     }
                 }
-                n_eval += 1;
-                match evaluate(&mut fg, &x, &mut g) {
-                    Ok(v) => f = v,
-                    Err(msg) => {
-                        return finish(x_old, f_old, g_old, n_iter, n_eval, Status::EvaluationFailed, msg);
+                // dcsrch may ask for the point it just had; like scipy's
+                // ScalarFunction we reuse the last evaluation (f, g still hold it).
+                if x != x_evaluated {
+                    n_eval += 1;
+                    match evaluate(&mut fg, &x, &mut g) {
+                        Ok(v) => f = v,
+                        Err(msg) => {
+                            return finish(x_old, f_old, g_old, n_iter, n_eval, Status::EvaluationFailed, msg);
+                        }
                     }
-                }
-                let prog = Progress { event: Event::Evaluation, n_eval, n_iter, x: &x, f, g: &g };
-                if observer(&prog) == Control::Stop {
-                    let msg = "stopped by observer during a line search".to_string();
-                    return finish(x_old, f_old, g_old, n_iter, n_eval, Status::ObserverStop, msg);
+                    x_evaluated.copy_from_slice(&x);
+                    let prog = Progress { event: Event::Evaluation, n_eval, n_iter, x: &x, f, g: &g };
+                    if observer(&prog) == Control::Stop {
+                        let msg = "stopped by observer during a line search".to_string();
+                        return finish(x_old, f_old, g_old, n_iter, n_eval, Status::ObserverStop, msg);
+                    }
                 }
                 gd = dot(&g, &d);
                 match ls.next(f, gd, &mut stp) {
@@ -1402,6 +1420,7 @@ where
             x.copy_from_slice(&x_old);
             g.copy_from_slice(&g_old);
             f = f_old;
+            x_evaluated.copy_from_slice(&x_old);
             if mem.col() == 0 {
                 let msg = "line search failed to find a lower point along a descent direction".to_string();
                 return finish(x, f, g, n_iter, n_eval, Status::LineSearchFailed, msg);
