@@ -5,6 +5,8 @@
 //! bit. We require the same minimiser within tight tolerances and the same kind
 //! of termination, and print the iteration/evaluation counts side by side.
 
+#![allow(clippy::needless_range_loop)]
+
 use diffbragg::error::Result;
 use diffbragg::refine::lbfgsb::{minimize, Bound, Control, Options, Progress, Status};
 use serde_json::{json, Value};
@@ -15,6 +17,7 @@ use std::process::{Command, Stdio};
 #[derive(Clone)]
 enum Kind {
     Rosen,
+    Driver1,
     Quad { a: Vec<Vec<f64>>, c: Vec<f64> },
 }
 
@@ -39,6 +42,25 @@ fn rosen(x: &[f64], g: &mut [f64]) -> f64 {
         g[i] += -400.0 * x[i] * a - 2.0 * b;
         g[i + 1] += 200.0 * a;
     }
+    f
+}
+
+/// The example of the L-BFGS-B distribution (driver1).
+fn driver1(x: &[f64], g: &mut [f64]) -> f64 {
+    let n = x.len();
+    let mut f = 0.25 * (x[0] - 1.0).powi(2);
+    for i in 1..n {
+        f += (x[i] - x[i - 1].powi(2)).powi(2);
+    }
+    f *= 4.0;
+    let mut t1 = x[1] - x[0].powi(2);
+    g[0] = 2.0 * (x[0] - 1.0) - 16.0 * x[0] * t1;
+    for i in 1..n - 1 {
+        let t2 = t1;
+        t1 = x[i + 1] - x[i].powi(2);
+        g[i] = 8.0 * t2 - 16.0 * x[i] * t1;
+    }
+    g[n - 1] = 8.0 * t1;
     f
 }
 
@@ -149,6 +171,19 @@ fn problems() -> Vec<Problem> {
         opts: tight.clone(),
         xtol: 1e-6,
     });
+    // The L-BFGS-B distribution's own example: m = 5, many active bounds.
+    v.push(Problem {
+        name: "lbfgsb-driver1-25d",
+        kind: Kind::Driver1,
+        x0: vec![3.0; 25],
+        bounds: Some(
+            (0..25)
+                .map(|i| if i % 2 == 0 { Bound::new(1.0, 100.0) } else { Bound::new(-100.0, 100.0) })
+                .collect(),
+        ),
+        opts: Options { m: 5, ftol: 1e-15, gtol: 1e-8, ..Options::default() },
+        xtol: 1e-6,
+    });
     // Condition number 1e6, eigenvectors mixed by a reflection.
     let lams = [1.0, 3.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
     let hv = [0.3, -0.1, 0.5, 0.2, -0.4, 0.1, 0.35, -0.25];
@@ -174,9 +209,11 @@ fn run_scipy(probs: &[Problem]) -> Vec<Value> {
         .map(|p| {
             let (kind, a, c) = match &p.kind {
                 Kind::Rosen => ("rosen", Value::Null, Value::Null),
+                Kind::Driver1 => ("driver1", Value::Null, Value::Null),
                 Kind::Quad { a, c } => ("quad", json!(a), json!(c)),
             };
-            let bounds = p.bounds.as_ref().map(|b| b.iter().map(|b| json!([b.lower, b.upper])).collect::<Vec<_>>());
+            let bounds =
+                p.bounds.as_ref().map(|b| b.iter().map(|b| json!([b.lower, b.upper])).collect::<Vec<_>>());
             json!({
                 "name": p.name, "kind": kind, "a": a, "c": c, "x0": p.x0, "bounds": bounds,
                 "options": {"m": p.opts.m, "ftol": p.opts.ftol, "gtol": p.opts.gtol,
@@ -205,17 +242,22 @@ fn run_scipy(probs: &[Problem]) -> Vec<Value> {
 fn lbfgsb_matches_scipy() {
     let probs = problems();
     let refs = run_scipy(&probs);
-    println!("{:<28} {:>9} {:>9} {:>9} {:>9}  status (ours | scipy)", "problem", "nit", "nit_sp", "nfev", "nfev_sp");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}  status (ours | scipy)",
+        "problem", "nit", "nit_sp", "nfev", "nfev_sp"
+    );
     for (p, r) in probs.iter().zip(&refs) {
         assert_eq!(r["name"], p.name);
         let kind = p.kind.clone();
         let fg = move |x: &[f64], g: &mut [f64]| -> Result<f64> {
             Ok(match &kind {
                 Kind::Rosen => rosen(x, g),
+                Kind::Driver1 => driver1(x, g),
                 Kind::Quad { a, c } => quad(a, c, x, g),
             })
         };
-        let out = minimize(fg, &p.x0, p.bounds.as_deref(), &p.opts, |_: &Progress| Control::Continue).unwrap();
+        let out =
+            minimize(fg, &p.x0, p.bounds.as_deref(), &p.opts, |_: &Progress| Control::Continue).unwrap();
         let sx: Vec<f64> = r["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let (nit, nfev) = (r["nit"].as_u64().unwrap() as usize, r["nfev"].as_u64().unwrap() as usize);
         println!(

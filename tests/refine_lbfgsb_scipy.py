@@ -19,6 +19,25 @@ def rosen(x):
     return f, g
 
 
+def driver1(x):
+    """The example of the L-BFGS-B distribution (driver1): an extended
+    Rosenbrock-like function, 25-D, bounds alternately [1, 100] and [-100, 100]."""
+    n = len(x)
+    f = 0.25 * (x[0] - 1.0) ** 2
+    for i in range(1, n):
+        f += (x[i] - x[i - 1] ** 2) ** 2
+    f *= 4.0
+    g = [0.0] * n
+    t1 = x[1] - x[0] ** 2
+    g[0] = 2.0 * (x[0] - 1.0) - 16.0 * x[0] * t1
+    for i in range(1, n - 1):
+        t2 = t1
+        t1 = x[i + 1] - x[i] ** 2
+        g[i] = 8.0 * t2 - 16.0 * x[i] * t1
+    g[n - 1] = 8.0 * t1
+    return f, g
+
+
 def quad(a, c):
     def fun(x):
         n = len(x)
@@ -38,7 +57,7 @@ def quad(a, c):
 def main():
     out = []
     for p in json.load(sys.stdin):
-        fun = rosen if p["kind"] == "rosen" else quad(p["a"], p["c"])
+        fun = {"rosen": rosen, "driver1": driver1}.get(p["kind"]) or quad(p["a"], p["c"])
         bounds = None
         if p["bounds"] is not None:
             bounds = [(lo if lo is not None else -math.inf, hi if hi is not None else math.inf)

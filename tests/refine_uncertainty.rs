@@ -64,7 +64,12 @@ fn fit(data: &[f64], p: &[f64], s2: f64, init: [f64; 2]) -> Fit {
     let w1: Vec<f64> = m.iter().map(|mi| 1.0 / (mi + s2)).collect();
     let info1 = diffbragg::refine::likelihood::weighted_normal_matrix(&jac, &w1);
     let u1 = standard_errors(&info1, &["A", "B"]).unwrap();
-    Fit { est: [v[0], v[1]], sigma: [u.sigma[0], u.sigma[1]], sigma_no_var_term: [u1.sigma[0], u1.sigma[1]], noise_floor }
+    Fit {
+        est: [v[0], v[1]],
+        sigma: [u.sigma[0], u.sigma[1]],
+        sigma_no_var_term: [u1.sigma[0], u1.sigma[1]],
+        noise_floor,
+    }
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -74,7 +79,11 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 /// Returns, per parameter: (mean estimate, empirical std, mean reported σ, mean σ without the 1/(2v²) term).
-fn monte_carlo(reps: usize, mut draw: impl FnMut(&mut ChaCha8Rng) -> (Vec<f64>, [f64; 2]), s2: f64) -> Vec<(f64, f64, f64, f64)> {
+fn monte_carlo(
+    reps: usize,
+    mut draw: impl FnMut(&mut ChaCha8Rng) -> (Vec<f64>, [f64; 2]),
+    s2: f64,
+) -> Vec<(f64, f64, f64, f64)> {
     let p = profile();
     let mut rng = ChaCha8Rng::seed_from_u64(20240611);
     let mut est = [Vec::new(), Vec::new()];
@@ -138,8 +147,10 @@ fn sigma_matches_spread_poisson() {
         |rng| {
             let d: Vec<f64> = p.iter().map(|pi| Poisson::new(g * pi + bg).unwrap().sample(rng)).collect();
             // Background from the shoebox border, G from the closed-form least squares.
-            let border: Vec<f64> =
-                (0..225).filter(|i| i % 15 == 0 || i % 15 == 14 || i / 15 == 0 || i / 15 == 14).map(|i| d[i]).collect();
+            let border: Vec<f64> = (0..225)
+                .filter(|i| i % 15 == 0 || i % 15 == 14 || i / 15 == 0 || i / 15 == 14)
+                .map(|i| d[i])
+                .collect();
             let bg0 = border.iter().sum::<f64>() / border.len() as f64;
             let g0 = least_squares_scale(&p, &d, &vec![bg0; 225], None, None).unwrap().max(1.0);
             (d, [g0, bg0])

@@ -196,7 +196,8 @@ pub enum Control {
     Stop,
 }
 
-/// Result of [`minimize`]. `x`, `f`, `g` are the last accepted iterate.
+/// Result of [`minimize`]. `x`, `f`, `g` are the last accepted iterate (if the
+/// very first evaluation fails, `x` is the projected x0 and `f`, `g` are NaN).
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub x: Vec<f64>,
@@ -1070,7 +1071,8 @@ impl LineSearch {
             self.stmax = *stp + 4.0 * (*stp - self.stx);
         }
         *stp = stp.max(self.stpmin).min(self.stpmax);
-        if self.brackt && (*stp <= self.stmin || *stp >= self.stmax || self.stmax - self.stmin <= LS_XTOL * self.stmax)
+        if self.brackt
+            && (*stp <= self.stmin || *stp >= self.stmax || self.stmax - self.stmin <= LS_XTOL * self.stmax)
         {
             *stp = self.stx;
         }
@@ -1259,10 +1261,11 @@ where
             })
         }
     };
-    let finish = |x: Vec<f64>, f: f64, g: Vec<f64>, n_iter: usize, n_eval: usize, status: Status, message: String| {
-        let proj_grad_norm = bx.proj_grad_norm(&x, &g);
-        Ok(Outcome { x, f, g, n_iter, n_eval, status, message, proj_grad_norm })
-    };
+    let finish =
+        |x: Vec<f64>, f: f64, g: Vec<f64>, n_iter: usize, n_eval: usize, status: Status, message: String| {
+            let proj_grad_norm = bx.proj_grad_norm(&x, &g);
+            Ok(Outcome { x, f, g, n_iter, n_eval, status, message, proj_grad_norm })
+        };
     let prog = Progress { event: Event::Evaluation, n_eval, n_iter, x: &x, f, g: &g };
     if observer(&prog) == Control::Stop {
         return finish(x, f, g, n_iter, n_eval, Status::ObserverStop, "stopped by observer".into());
@@ -1394,7 +1397,15 @@ where
                     match evaluate(&mut fg, &x, &mut g) {
                         Ok(v) => f = v,
                         Err(msg) => {
-                            return finish(x_old, f_old, g_old, n_iter, n_eval, Status::EvaluationFailed, msg);
+                            return finish(
+                                x_old,
+                                f_old,
+                                g_old,
+                                n_iter,
+                                n_eval,
+                                Status::EvaluationFailed,
+                                msg,
+                            );
                         }
                     }
                     x_evaluated.copy_from_slice(&x);
@@ -1506,12 +1517,33 @@ mod tests {
     }
 
     #[test]
+    fn n_eval_counts_closure_calls() {
+        let mut calls = 0;
+        let b = [Bound::new(-2.0, 0.8), Bound::FREE, Bound::lower(0.5)];
+        let out = minimize(
+            |x: &[f64], g: &mut [f64]| {
+                calls += 1;
+                rosen(x, g)
+            },
+            &[-1.0, 0.3, 0.9],
+            Some(&b),
+            &Options { ftol: 0.0, gtol: 0.0, maxiter: 200, ..Options::default() },
+            no_obs,
+        )
+        .unwrap();
+        assert_eq!(out.n_eval, calls);
+    }
+
+    #[test]
     fn deterministic_bit_for_bit() {
         let opts = Options::default();
         let b = [Bound::new(-2.0, 0.8), Bound::FREE, Bound::lower(0.5), Bound::upper(2.0)];
         let a = minimize(rosen, &[-1.0, 0.3, 0.9, 1.5], Some(&b), &opts, no_obs).unwrap();
         let c = minimize(rosen, &[-1.0, 0.3, 0.9, 1.5], Some(&b), &opts, no_obs).unwrap();
-        assert_eq!(a.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), c.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            a.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            c.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         assert_eq!((a.n_eval, a.n_iter), (c.n_eval, c.n_iter));
         assert!(a.x[0] <= 0.8 && a.x[2] >= 0.5 && a.x[3] <= 2.0);
     }
@@ -1538,8 +1570,9 @@ mod tests {
         assert!(out.message.contains("kernel exploded"));
         assert!(out.f.is_finite());
         // NaN in f on the first evaluation.
-        let out = minimize(|_x: &[f64], _g: &mut [f64]| Ok(f64::NAN), &[1.0], None, &Options::default(), no_obs)
-            .unwrap();
+        let out =
+            minimize(|_x: &[f64], _g: &mut [f64]| Ok(f64::NAN), &[1.0], None, &Options::default(), no_obs)
+                .unwrap();
         assert_eq!(out.status, Status::EvaluationFailed);
         // NaN in the gradient at a trial point: the last good iterate comes back.
         let out = minimize(
@@ -1633,7 +1666,12 @@ mod tests {
         let want = &m * nalgebra::DVector::from_column_slice(&v);
         let got = mem.bmv(&v).unwrap();
         for i in 0..2 * col {
-            assert!((got[i] - want[i]).abs() < 1e-10 * (1.0 + want[i].abs()), "{i}: {} vs {}", got[i], want[i]);
+            assert!(
+                (got[i] - want[i]).abs() < 1e-10 * (1.0 + want[i].abs()),
+                "{i}: {} vs {}",
+                got[i],
+                want[i]
+            );
         }
     }
 }

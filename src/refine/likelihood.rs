@@ -103,7 +103,10 @@ impl<'a> PixelTarget<'a> {
         match self.sigma_r2 {
             ReadNoise::Uniform(v) => {
                 if !(v >= 0.0 && v.is_finite()) {
-                    return Err(Error::param("sigma_readout", format!("variance must be finite and >= 0, got {v}")));
+                    return Err(Error::param(
+                        "sigma_readout",
+                        format!("variance must be finite and >= 0, got {v}"),
+                    ));
                 }
             }
             ReadNoise::PerPixel(v) => {
@@ -111,7 +114,10 @@ impl<'a> PixelTarget<'a> {
                     return Err(Error::msg(format!("{} readout variances for {n} pixels", v.len())));
                 }
                 if let Some(i) = v.iter().position(|s| !(*s >= 0.0 && s.is_finite())) {
-                    return Err(Error::msg(format!("pixel {i}: readout variance {} must be finite and >= 0", v[i])));
+                    return Err(Error::msg(format!(
+                        "pixel {i}: readout variance {} must be finite and >= 0",
+                        v[i]
+                    )));
                 }
             }
         }
@@ -256,7 +262,10 @@ impl Jacobian {
     pub fn from_rows(rows: &[Vec<f64>]) -> Result<Jacobian> {
         let n_pix = rows.first().map_or(0, |r| r.len());
         if let Some(p) = rows.iter().position(|r| r.len() != n_pix) {
-            return Err(Error::msg(format!("Jacobian row {p} has {} pixels, row 0 has {n_pix}", rows[p].len())));
+            return Err(Error::msg(format!(
+                "Jacobian row {p} has {} pixels, row 0 has {n_pix}",
+                rows[p].len()
+            )));
         }
         Ok(Jacobian { n_pix, data: rows.concat() })
     }
@@ -373,10 +382,14 @@ pub fn least_squares_scale(
 mod tests {
     use super::*;
 
-    fn setup() -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>, Vec<f64>) {
+    type Setup = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>, Vec<f64>);
+
+    fn setup() -> Setup {
         let n = 40;
-        let data: Vec<f64> = (0..n).map(|i| (3.0 + 20.0 * (-((i as f64 - 20.0) / 5.0).powi(2)).exp()).round()).collect();
-        let model: Vec<f64> = (0..n).map(|i| 2.5 + 18.0 * (-((i as f64 - 19.0) / 5.5).powi(2)).exp()).collect();
+        let data: Vec<f64> =
+            (0..n).map(|i| (3.0 + 20.0 * (-((i as f64 - 20.0) / 5.0).powi(2)).exp()).round()).collect();
+        let model: Vec<f64> =
+            (0..n).map(|i| 2.5 + 18.0 * (-((i as f64 - 19.0) / 5.5).powi(2)).exp()).collect();
         let s2: Vec<f64> = (0..n).map(|i| 0.5 + 0.01 * i as f64).collect();
         let trusted: Vec<bool> = (0..n).map(|i| i % 7 != 3).collect();
         let freq: Vec<f64> = (0..n).map(|i| if i % 5 == 0 { 2.0 } else { 1.0 }).collect();
@@ -386,7 +399,12 @@ mod tests {
     #[test]
     fn dfdm_and_curvature_match_central_differences() {
         let (data, model, s2, trusted, freq) = setup();
-        let t = PixelTarget::new(&data, ReadNoise::PerPixel(&s2)).unwrap().with_trusted(&trusted).unwrap().with_freq(&freq).unwrap();
+        let t = PixelTarget::new(&data, ReadNoise::PerPixel(&s2))
+            .unwrap()
+            .with_trusted(&trusted)
+            .unwrap()
+            .with_freq(&freq)
+            .unwrap();
         let e = t.evaluate(&model).unwrap();
         let c2 = t.curvature(&model).unwrap();
         for i in 0..model.len() {
@@ -397,7 +415,11 @@ mod tests {
             mm[i] -= h;
             let (ep, em) = (t.evaluate(&mp).unwrap(), t.evaluate(&mm).unwrap());
             let fd = (ep.f - em.f) / (2.0 * h);
-            assert!((fd - e.dfdm[i]).abs() < 1e-7 * (1.0 + e.dfdm[i].abs()), "pixel {i}: {fd} vs {}", e.dfdm[i]);
+            assert!(
+                (fd - e.dfdm[i]).abs() < 1e-7 * (1.0 + e.dfdm[i].abs()),
+                "pixel {i}: {fd} vs {}",
+                e.dfdm[i]
+            );
             let fd2 = (ep.dfdm[i] - em.dfdm[i]) / (2.0 * h);
             assert!((fd2 - c2[i]).abs() < 1e-6 * (1.0 + c2[i].abs()), "pixel {i}: {fd2} vs {}", c2[i]);
             if !trusted[i] {
@@ -507,7 +529,8 @@ mod tests {
         let data: Vec<f64> = (0..30).map(|i| 250.0 * raw[i] + bg[i]).collect();
         assert!((least_squares_scale(&raw, &data, &bg, None, None).unwrap() - 250.0).abs() < 1e-10);
         // With noise and weights: the closed form is the minimiser of the weighted sum.
-        let noisy: Vec<f64> = data.iter().enumerate().map(|(i, d)| d + ((i * 7919) % 13) as f64 - 6.0).collect();
+        let noisy: Vec<f64> =
+            data.iter().enumerate().map(|(i, d)| d + ((i * 7919) % 13) as f64 - 6.0).collect();
         let w: Vec<f64> = (0..30).map(|i| 1.0 / (1.0 + data[i])).collect();
         let tr: Vec<bool> = (0..30).map(|i| i != 15).collect();
         let g = least_squares_scale(&raw, &noisy, &bg, Some(&w), Some(&tr)).unwrap();

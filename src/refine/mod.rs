@@ -6,8 +6,12 @@
 //!   gradient assembly and curvature, and the least-squares starting scale;
 //! * [`uncertainty`]: standard errors from the Fisher information at the optimum.
 
+// `!(a > b)` is how these modules reject NaN along with bad values, and index
+// loops keep the numerical kernels' summation order explicit.
+#![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
+
 pub mod lbfgsb;
+pub mod likelihood;
 pub mod params;
 pub mod restraints;
-pub mod likelihood;
 pub mod uncertainty;

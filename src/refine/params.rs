@@ -68,8 +68,7 @@ impl Parameter {
         if !init.is_finite() {
             return Err(Error::param(&name, format!("init must be finite, got {init}")));
         }
-        let mut p =
-            Parameter { name, init, sigma, transform, restraint: None, psi0: 0.0, from_upper: false };
+        let mut p = Parameter { name, init, sigma, transform, restraint: None, psi0: 0.0, from_upper: false };
         if transform == Transform::Fixed {
             return Ok(p);
         }
@@ -90,7 +89,10 @@ impl Parameter {
             }
             Transform::Positive => {
                 if !(init > 0.0) {
-                    return Err(Error::param(&p.name, format!("a positive parameter needs init > 0, got {init}")));
+                    return Err(Error::param(
+                        &p.name,
+                        format!("a positive parameter needs init > 0, got {init}"),
+                    ));
                 }
             }
             Transform::Fixed => unreachable!(),
@@ -169,7 +171,10 @@ impl Parameter {
             }
             Transform::Ranged { min, max } => {
                 if !(value >= min && value <= max) {
-                    return Err(Error::param(&self.name, format!("value {value} lies outside [{min}, {max}]")));
+                    return Err(Error::param(
+                        &self.name,
+                        format!("value {value} lies outside [{min}, {max}]"),
+                    ));
                 }
                 let rng = max - min;
                 let psi = psi_of(value, min, max, rng, value - min > max - value);
@@ -414,7 +419,11 @@ mod tests {
                 let h = 1e-6 / p.sigma;
                 let fd = (p.value(x + h) - p.value(x - h)) / (2.0 * h);
                 let an = p.dvalue_dx(x);
-                assert!((fd - an).abs() <= 1e-6 * an.abs().max(1e-3 * p.sigma), "{} at {x}: {fd} vs {an}", p.name);
+                assert!(
+                    (fd - an).abs() <= 1e-6 * an.abs().max(1e-3 * p.sigma),
+                    "{} at {x}: {fd} vs {an}",
+                    p.name
+                );
             }
         }
     }

@@ -51,7 +51,10 @@ impl Restraint {
                     return Err(Error::param(param, format!("restraint center must be finite, got {c}")));
                 }
                 if !(b.is_finite() && b > 0.0) {
-                    return Err(Error::param(param, format!("restraint beta must be finite and > 0, got {b}")));
+                    return Err(Error::param(
+                        param,
+                        format!("restraint beta must be finite and > 0, got {b}"),
+                    ));
                 }
                 Ok(Some(Restraint { center: c, beta: b }))
             }
@@ -164,8 +167,7 @@ impl NvolRestraint {
                 None => return Err(Error::param("Nvol", format!("restraint needs parameter {n}"))),
             };
         }
-        let (f, g) =
-            self.target_and_grad([vals[0], vals[1], vals[2]], [vals[3], vals[4], vals[5]]);
+        let (f, g) = self.target_and_grad([vals[0], vals[1], vals[2]], [vals[3], vals[4], vals[5]]);
         let dvdx = set.dvalue_dx(x_free);
         for (k, n) in names6.iter().enumerate() {
             if let Some(pos) = set.free_position(n) {
@@ -213,11 +215,16 @@ mod tests {
 
     fn restrained_set() -> ParameterSet {
         let mut s = ParameterSet::new();
-        s.push(Parameter::positive(names::G, 50.0, 1.0).unwrap().with_restraint(Some(40.0), Some(25.0)).unwrap())
-            .unwrap();
+        s.push(
+            Parameter::positive(names::G, 50.0, 1.0).unwrap().with_restraint(Some(40.0), Some(25.0)).unwrap(),
+        )
+        .unwrap();
         s.push(Parameter::ranged(names::nabc(0), 20.0, 3.0, 300.0, 1.0).unwrap()).unwrap();
         s.push(
-            Parameter::ranged(names::nabc(1), 25.0, 3.0, 300.0, 1.0).unwrap().with_restraint(Some(30.0), Some(4.0)).unwrap(),
+            Parameter::ranged(names::nabc(1), 25.0, 3.0, 300.0, 1.0)
+                .unwrap()
+                .with_restraint(Some(30.0), Some(4.0))
+                .unwrap(),
         )
         .unwrap();
         s.push(Parameter::ranged(names::nabc(2), 15.0, 3.0, 300.0, 1.0).unwrap()).unwrap();

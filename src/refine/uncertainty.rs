@@ -147,7 +147,12 @@ mod tests {
     #[test]
     fn singular_information_names_the_parameter() {
         // Third parameter duplicates the first.
-        let jac = Jacobian::from_rows(&[vec![1.0, 2.0, 3.0, 4.0], vec![1.0, 0.0, 1.0, 0.0], vec![2.0, 4.0, 6.0, 8.0]]).unwrap();
+        let jac = Jacobian::from_rows(&[
+            vec![1.0, 2.0, 3.0, 4.0],
+            vec![1.0, 0.0, 1.0, 0.0],
+            vec![2.0, 4.0, 6.0, 8.0],
+        ])
+        .unwrap();
         let info = weighted_normal_matrix(&jac, &[1.0; 4]);
         let e = standard_errors(&info, &["G_xtal0", "Nabc0", "Nabc1"]).unwrap_err().to_string();
         assert!(e.contains("Nabc1") && e.contains("singular"), "{e}");
