@@ -30,12 +30,12 @@ fi
 py_missing=0
 python3 - <<'PY' || py_missing=1
 import importlib, sys
-for m in ("gemmi", "msgpack", "h5py", "pyarrow"):
+for m in ("gemmi", "msgpack", "h5py", "pyarrow", "scipy"):
     importlib.import_module(m)
 PY
 if [ "$py_missing" = 1 ]; then
   echo "setup: installing Python cross-check packages"
-  python3 -m pip install -q --disable-pip-version-check gemmi msgpack h5py pyarrow numpy
+  python3 -m pip install -q --disable-pip-version-check gemmi msgpack h5py pyarrow numpy scipy
 fi
 
 # Prebuilt DuckDB shared library.

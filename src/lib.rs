@@ -15,6 +15,7 @@ pub mod error;
 pub mod geometry;
 pub mod io;
 pub mod reflections;
+pub mod refine;
 pub mod spectrum;
 #[doc(hidden)]
 pub mod testutil;
