@@ -11,7 +11,9 @@ pub mod cli;
 pub mod conventions;
 pub mod crystal;
 pub mod error;
+pub mod experiment;
 pub mod geometry;
+pub mod io;
 pub mod spectrum;
 #[doc(hidden)]
 pub mod testutil;

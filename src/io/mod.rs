@@ -1,0 +1,2 @@
+//! File formats: readers and writers of the files users bring and stages exchange.
+pub mod dials_expt;
