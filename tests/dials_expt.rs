@@ -219,6 +219,18 @@ fn writer_layout_matches_python_indent_2() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), py);
     // shot_00.expt itself was written by Python this way.
     assert_eq!(std::fs::read_to_string(&src).unwrap(), py);
+
+    // Strings are escaped like Python's ensure_ascii.
+    let mut v = json_of(&src);
+    v["detector"][0]["panels"][0]["name"] = Value::from("é 😀 \u{7f}\t\"q\" \\ \u{1}");
+    let weird = dir.path().join("weird.expt");
+    std::fs::write(&weird, v.to_string()).unwrap();
+    ExperimentList::read(&weird).unwrap().write(&out).unwrap();
+    let py = python(
+        "import json,sys; print(json.dumps(json.load(open(sys.argv[1])), indent=2), end='')",
+        &[&weird],
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), py);
 }
 
 #[test]

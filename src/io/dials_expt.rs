@@ -196,7 +196,7 @@ fn write_value(out: &mut String, v: &Value, indent: usize) {
             NONFINITE_NAN => out.push_str("NaN"),
             NONFINITE_INF => out.push_str("Infinity"),
             NONFINITE_NEG_INF => out.push_str("-Infinity"),
-            _ => out.push_str(&Value::String(s.clone()).to_string()),
+            _ => write_string(out, s),
         },
         Value::Array(a) if a.is_empty() => out.push_str("[]"),
         Value::Object(m) if m.is_empty() => out.push_str("{}"),
@@ -214,7 +214,7 @@ fn write_value(out: &mut String, v: &Value, indent: usize) {
             out.push_str("{\n");
             for (i, (k, x)) in m.iter().enumerate() {
                 push_indent(out, indent + 2);
-                out.push_str(&Value::String(k.clone()).to_string());
+                write_string(out, k);
                 out.push_str(": ");
                 write_value(out, x, indent + 2);
                 out.push_str(if i + 1 < m.len() { ",\n" } else { "\n" });
@@ -223,6 +223,31 @@ fn write_value(out: &mut String, v: &Value, indent: usize) {
             out.push('}');
         }
     }
+}
+
+/// A string literal as Python writes it (`ensure_ascii`: non-ASCII as `\uXXXX`).
+fn write_string(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            c => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
 }
 
 fn push_indent(out: &mut String, n: usize) {
@@ -716,7 +741,9 @@ fn parse_crystal(cx: &Cx, v: &Value, loc: &str) -> Result<(Crystal, CrystalMeta)
     let b = cx.finite_vec3(o.require("real_space_b")?, &o.at("real_space_b"))?;
     let c = cx.finite_vec3(o.require("real_space_c")?, &o.at("real_space_c"))?;
     let det = Mat3::from_columns(&[a, b, c]).determinant();
-    if !(det.abs() > 1e-9 * a.norm() * b.norm() * c.norm()) {
+    // Also false for a determinant that overflowed to infinity.
+    let well_formed = det.abs() > 1e-9 * a.norm() * b.norm() * c.norm();
+    if !well_formed {
         return Err(cx.err(loc, "real-space vectors are degenerate (zero cell volume)"));
     }
     let hall = cx.string(o.require("space_group_hall_symbol")?, &o.at("space_group_hall_symbol"))?;
@@ -1022,7 +1049,7 @@ fn decode(doc: Value, path: &Path, select: Option<usize>) -> Result<ExperimentLi
         e.provenance = Provenance {
             file: Some(file.clone()),
             index: i,
-            raw: Some(Arc::new(ev.clone())),
+            raw: Some(Arc::new(ev)),
             beam: beam_o,
             detector: det_o,
             crystal: xtal_o,
@@ -1529,4 +1556,61 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(io_err(path, e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nonfinite_tokens_outside_strings_only() {
+        let text =
+            br#"{"a": NaN, "b": [Infinity, -Infinity, 1.0], "s": "NaN \"Infinity\" \\", "t": "-Infinity"}"#;
+        let v: Value = serde_json::from_slice(&replace_nonfinite_tokens(text)).unwrap();
+        assert!(value_as_f64(&v["a"]).unwrap().is_nan());
+        assert_eq!(value_as_f64(&v["b"][0]), Some(f64::INFINITY));
+        assert_eq!(value_as_f64(&v["b"][1]), Some(f64::NEG_INFINITY));
+        assert_eq!(v["s"], "NaN \"Infinity\" \\");
+        assert_eq!(v["t"], "-Infinity");
+        // Untouched input is not copied.
+        assert!(matches!(replace_nonfinite_tokens(b"{\"a\": 1}"), std::borrow::Cow::Borrowed(_)));
+        // Written back as bare tokens, strings unchanged.
+        let out = to_python_json(&v);
+        assert!(out.contains("\"a\": NaN,") && out.contains("    Infinity,\n    -Infinity,"));
+        assert!(out.contains(r#""s": "NaN \"Infinity\" \\","#) && out.contains(r#""t": "-Infinity""#));
+    }
+
+    #[test]
+    fn python_layout() {
+        let v = json!({"a": [], "b": {}, "c": [1, 2.5, -0.0], "d": {"e": null, "f": "x\u{e9}"}});
+        assert_eq!(to_python_json(&json!("q\"\\\n\u{1}\u{1F600}")), r#""q\"\\\n\u0001\ud83d\ude00""#);
+        let want = "{\n  \"a\": [],\n  \"b\": {},\n  \"c\": [\n    1,\n    2.5,\n    -0.0\n  ],\n  \"d\": {\n    \"e\": null,\n    \"f\": \"x\\u00e9\"\n  }\n}";
+        assert_eq!(to_python_json(&v), want);
+        assert_eq!(f64_value(f64::NAN), Value::String(NONFINITE_NAN.into()));
+        assert_eq!(f64_value(f64::NEG_INFINITY), Value::String(NONFINITE_NEG_INF.into()));
+        assert!(json_values_equal(&json!([1, f64_value(f64::NAN)]), &json!([1.0, NONFINITE_NAN])));
+        assert!(!json_values_equal(&json!([1]), &json!([1.5])));
+    }
+
+    #[test]
+    fn paths_resolve_against_the_folder() {
+        let base = Path::new("/data/run/expts");
+        assert_eq!(resolve_path("../img/x.cbf", base), PathBuf::from("/data/run/img/x.cbf"));
+        assert_eq!(resolve_path("./x.h5", base), PathBuf::from("/data/run/expts/x.h5"));
+        assert_eq!(resolve_path("/abs/./y.h5", base), PathBuf::from("/abs/y.h5"));
+        assert_eq!(resolve_path("/../z", base), PathBuf::from("/z"));
+        assert_eq!(resolve_path("https://host/a/../b", base), PathBuf::from("https://host/a/../b"));
+    }
+
+    #[test]
+    fn patch_keeps_unchanged_keys_verbatim() {
+        let raw = json!({"x": 1, "keep": "me", "y": 2.0});
+        let orig: Fields = vec![("x", Some(json!(1.0))), ("y", Some(json!(2.0))), ("z", None)];
+        let cur: Fields = vec![("x", Some(json!(1.0))), ("y", Some(json!(3.0))), ("z", Some(json!(4)))];
+        let m = patch(Some(&raw), cur, Some(orig));
+        assert_eq!(Value::Object(m), json!({"x": 1, "keep": "me", "y": 3.0, "z": 4}));
+        let removed = patch(Some(&raw), vec![("x", None)], Some(vec![("x", Some(json!(1)))]));
+        assert_eq!(removed.keys().collect::<Vec<_>>(), vec!["keep", "y"]);
+    }
 }
