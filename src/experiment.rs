@@ -16,7 +16,18 @@
 //!   key order and keys this crate does not model. Models built in memory
 //!   have no provenance and are written the way dxtbx writes them.
 //!
-//! Reading and writing live in [`crate::io::dials_expt`].
+//! Reading and writing live in [`crate::io::dials_expt`]:
+//!
+//! ```no_run
+//! use diffbragg::experiment::ExperimentList;
+//! # fn main() -> diffbragg::error::Result<()> {
+//! let mut list = ExperimentList::read_one("/data/refined.expt", 3)?; // only experiment 3
+//! let e = &mut list.experiments[0];
+//! let image = e.image_location()?; // (file, index in file)
+//! e.detector.as_mut().unwrap().shift_z(0.2);
+//! list.write("/data/out/refined_3.expt")?; // atomic; other keys kept
+//! # let _ = image; Ok(()) }
+//! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};

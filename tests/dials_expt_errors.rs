@@ -50,6 +50,10 @@ fn model_index_out_of_range_message() {
     assert!(e.ends_with("index 0 out of range (0 imagesets)"), "{e}");
     let e = error_after(SHOT, |v| v["experiment"][0]["crystal"] = json!(-1));
     assert!(e.contains("experiment[0].crystal: expected a model index, found -1"), "{e}");
+    let e = error_after(SHOT, |v| {
+        v["experiment"][0]["crystal"] = json!(diffbragg::io::dials_expt::NONFINITE_NAN)
+    });
+    assert!(e.ends_with("experiment[0].crystal: expected a model index, found NaN"), "{e}");
 }
 
 #[test]

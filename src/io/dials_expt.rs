@@ -978,7 +978,7 @@ fn decode(doc: Value, path: &Path, select: Option<usize>) -> Result<ExperimentLi
         let refer = |name: &str| -> Result<Option<ModelOrigin>> {
             let Some(v) = eo.get(name) else { return Ok(None) };
             let loc = eo.at(name);
-            if let Value::String(s) = v {
+            if let (Value::String(s), None) = (v, value_as_f64(v)) {
                 return Err(cx.err(
                     &loc,
                     format!("refers to the model file {s:?}: legacy file references are not supported (inline the model)"),
