@@ -12,6 +12,7 @@ pub mod conventions;
 pub mod crystal;
 pub mod dist;
 pub mod error;
+pub mod experiment;
 pub mod geometry;
 pub mod io;
 pub mod reflections;
