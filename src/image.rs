@@ -207,6 +207,12 @@ pub trait ImageSource: Send {
     fn beam_dict(&self, i: usize) -> Result<Option<Value>>;
 }
 
+impl std::fmt::Debug for dyn ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}({}, {} images)", self.format(), self.path().display(), self.n_images())
+    }
+}
+
 /// Error for a shot index outside `0..n`.
 pub(crate) fn index_error(path: &Path, i: usize, n: usize) -> Error {
     Error::record(path, format!("image {i}"), format!("index out of range: the file holds {n} image(s)"))

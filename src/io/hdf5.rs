@@ -87,6 +87,19 @@ pub(crate) fn h5msg(e: &::hdf5::Error) -> String {
     }
 }
 
+/// An hdf5 read error, with a hint when the cause is a missing compression filter.
+pub(crate) fn read_msg(e: &::hdf5::Error) -> String {
+    let m = h5msg(e);
+    if m.contains("plugin") || m.contains("filter") {
+        format!(
+            "{m} (the data use a compression filter this HDF5 library does not have, e.g. lzf, \
+             bitshuffle or blosc: rewrite the file with gzip, e.g. `h5repack -f GZIP=4 in.h5 out.h5`)"
+        )
+    } else {
+        m
+    }
+}
+
 /// An error about one object (dataset, attribute, group) of a file.
 pub(crate) fn obj_err(path: &Path, object: &str, msg: impl Into<String>) -> Error {
     Error::record(path, object.to_string(), msg)
@@ -129,7 +142,7 @@ pub(crate) fn join(parent: &str, name: &str) -> String {
 
 /// Whole dataset as f64 (any numeric type; HDF5 converts).
 pub(crate) fn read_f64(ds: &Dataset, path: &Path) -> Result<Vec<f64>> {
-    ds.read_raw::<f64>().map_err(|e| obj_err(path, &format!("dataset {}", ds.name()), h5msg(&e)))
+    ds.read_raw::<f64>().map_err(|e| obj_err(path, &format!("dataset {}", ds.name()), read_msg(&e)))
 }
 
 /// Row `i` of a 2-D dataset, as f64.
@@ -141,7 +154,7 @@ pub(crate) fn read_row_f64(ds: &Dataset, i: usize, path: &Path) -> Result<Vec<f6
     }
     let sel =
         ::hdf5::Hyperslab::from(vec![::hdf5::SliceOrIndex::from(i), ::hdf5::SliceOrIndex::from(0..shape[1])]);
-    let a = ds.read_slice_1d::<f64, _>(sel).map_err(|e| obj_err(path, &what, h5msg(&e)))?;
+    let a = ds.read_slice_1d::<f64, _>(sel).map_err(|e| obj_err(path, &what, read_msg(&e)))?;
     Ok(a.into_raw_vec_and_offset().0)
 }
 
@@ -160,7 +173,7 @@ pub(crate) fn read_block_f64(ds: &Dataset, block: &[(usize, usize)], path: &Path
     let a = ds
         .as_reader()
         .read_slice::<f64, _, ndarray::IxDyn>(sel)
-        .map_err(|e| obj_err(path, &what, h5msg(&e)))?;
+        .map_err(|e| obj_err(path, &what, read_msg(&e)))?;
     Ok(a.into_raw_vec_and_offset().0)
 }
 
