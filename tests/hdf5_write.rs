@@ -110,7 +110,14 @@ fn random_images(rng: &mut impl Rng, n: usize, np: usize, ns: usize, nf: usize) 
         .map(|_| {
             Image::new(
                 (0..np)
-                    .map(|_| PanelImage::new(ns, nf, (0..ns * nf).map(|_| rng.random::<f64>() * 1e4 - 10.0).collect()).unwrap())
+                    .map(|_| {
+                        PanelImage::new(
+                            ns,
+                            nf,
+                            (0..ns * nf).map(|_| rng.random::<f64>() * 1e4 - 10.0).collect(),
+                        )
+                        .unwrap()
+                    })
                     .collect(),
             )
         })

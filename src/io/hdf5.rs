@@ -140,9 +140,44 @@ pub(crate) fn join(parent: &str, name: &str) -> String {
     }
 }
 
+/// Most values one read may return (8 GiB of f64): a corrupt dataspace must
+/// give an error, not an allocation failure.
+const MAX_READ_ELEMS: usize = 1 << 30;
+
+/// Guards a read against corrupt metadata that libhdf5 1.10 does not catch
+/// itself (it can crash on a datatype of absurd size): the stored type must be
+/// a plain integer or float of at most 8 bytes, and the count sane.
+pub(crate) fn check_numeric(c: &::hdf5::Container, n_elems: usize, what: &str, path: &Path) -> Result<()> {
+    let dt = c.dtype().map_err(|e| obj_err(path, what, h5msg(&e)))?;
+    let size = dt.size();
+    let td = dt
+        .to_descriptor()
+        .map_err(|e| obj_err(path, what, format!("unsupported datatype: {}", h5msg(&e))))?;
+    match td {
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_) if size <= 8 => {}
+        other => {
+            return Err(obj_err(
+                path,
+                what,
+                format!("expected numbers, found datatype {other} ({size} bytes)"),
+            ))
+        }
+    }
+    if n_elems > MAX_READ_ELEMS {
+        return Err(obj_err(
+            path,
+            what,
+            format!("{n_elems} values is more than one read may hold (corrupt file?)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Whole dataset as f64 (any numeric type; HDF5 converts).
 pub(crate) fn read_f64(ds: &Dataset, path: &Path) -> Result<Vec<f64>> {
-    ds.read_raw::<f64>().map_err(|e| obj_err(path, &format!("dataset {}", ds.name()), read_msg(&e)))
+    let what = format!("dataset {}", ds.name());
+    check_numeric(ds, ds.size(), &what, path)?;
+    ds.read_raw::<f64>().map_err(|e| obj_err(path, &what, read_msg(&e)))
 }
 
 /// Row `i` of a 2-D dataset, as f64.
@@ -152,6 +187,7 @@ pub(crate) fn read_row_f64(ds: &Dataset, i: usize, path: &Path) -> Result<Vec<f6
     if shape.len() != 2 || i >= shape[0] {
         return Err(obj_err(path, &what, format!("cannot read row {i} of shape {shape:?}")));
     }
+    check_numeric(ds, shape[1], &what, path)?;
     let sel =
         ::hdf5::Hyperslab::from(vec![::hdf5::SliceOrIndex::from(i), ::hdf5::SliceOrIndex::from(0..shape[1])]);
     let a = ds.read_slice_1d::<f64, _>(sel).map_err(|e| obj_err(path, &what, read_msg(&e)))?;
@@ -167,6 +203,8 @@ pub(crate) fn read_block_f64(ds: &Dataset, block: &[(usize, usize)], path: &Path
     {
         return Err(obj_err(path, &what, format!("block {block:?} does not fit shape {shape:?}")));
     }
+    let n = block.iter().try_fold(1usize, |acc, &(_, c)| acc.checked_mul(c)).unwrap_or(usize::MAX);
+    check_numeric(ds, n, &what, path)?;
     let sel = ::hdf5::Hyperslab::from(
         block.iter().map(|&(s, n)| ::hdf5::SliceOrIndex::from(s..s + n)).collect::<Vec<_>>(),
     );
@@ -234,6 +272,7 @@ pub(crate) fn read_num_attr(loc: &Location, name: &str, path: &Path) -> Result<O
     }
     let what = format!("attribute {}@{name}", loc.name());
     let attr = loc.attr(name).map_err(|e| obj_err(path, &what, h5msg(&e)))?;
+    check_numeric(&attr, attr.size(), &what, path)?;
     attr.read_raw::<f64>().map(Some).map_err(|e| obj_err(path, &what, h5msg(&e)))
 }
 

@@ -267,6 +267,49 @@ mod tests {
         assert_eq!(le.header_value("NOSEMI"), Some("1,2"));
     }
 
+    /// The nanoBragg reference image, cross-checked with an independent numpy read.
+    #[test]
+    fn reference_image_matches_numpy() {
+        let gz = crate::testutil::shared("reference/shot_00_noisy.img.gz");
+        let script = "import sys, gzip, json, numpy as np\n\
+            b = gzip.open(sys.argv[1]).read()\n\
+            a = np.frombuffer(b[512:512 + 1024 * 1000 * 2], dtype='<u2').reshape(1000, 1024).astype(np.float64)\n\
+            s, f = np.unravel_index(np.argmax(a), a.shape)\n\
+            print(json.dumps({'sum': a.sum(), 'max': [int(s), int(f), a[s, f]], 'px': [a[0, 0], a[500, 512], a[999, 1023], a[123, 987]], 'nonzero': int((a > 0).sum())}))";
+        let out =
+            std::process::Command::new("python3").arg("-c").arg(script).arg(&gz).output().expect("python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+        let src = crate::image::open_image_source(&gz).unwrap();
+        assert_eq!(src.format(), ImageFormat::Smv);
+        assert_eq!(src.panel_shapes(), vec![(1000, 1024)]);
+        assert_eq!(src.wavelength(0).unwrap(), Some(1.3051));
+        let im = src.read_image(0).unwrap();
+        let p = im.panel(0);
+        assert_eq!(im.sum(), want["sum"].as_f64().unwrap());
+        let (ms, mf) = (want["max"][0].as_u64().unwrap() as usize, want["max"][1].as_u64().unwrap() as usize);
+        assert_eq!(p.get(ms, mf), want["max"][2].as_f64().unwrap());
+        let px = [p.get(0, 0), p.get(500, 512), p.get(999, 1023), p.get(123, 987)];
+        let wpx: Vec<f64> = want["px"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(px.to_vec(), wpx);
+        assert_eq!(p.data().iter().filter(|&&x| x > 0.0).count() as u64, want["nonzero"].as_u64().unwrap());
+        assert!(src.read_image(1).is_err());
+
+        // Content, not the name, picks the reader: the same bytes unzipped under another name.
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap()).read_to_end(&mut raw).unwrap();
+        let plain = dir.path().join("image.h5");
+        std::fs::write(&plain, &raw).unwrap();
+        let again = crate::image::open_image_source(&plain).unwrap();
+        assert_eq!(again.read_image(0).unwrap(), im);
+        assert_eq!(
+            SmvFile::open(&plain).unwrap().header_value("DIALS_ORIGIN"),
+            Some("-99.921,36.5297,39.259")
+        );
+    }
+
     #[test]
     fn truncation_and_bad_headers() {
         let p = Path::new("t.img");

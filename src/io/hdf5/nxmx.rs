@@ -584,7 +584,7 @@ fn pixel_axis(file: &File, m: &Group, name: &str, path: &Path) -> Result<(Vec3, 
     let ds = opt_dataset(m, name).ok_or_else(|| obj_err(path, &what, format!("missing {name}")))?;
     let dwhat = format!("dataset {}", ds.name());
     let vector = vec3_attr(&ds, "vector", path)?.ok_or_else(|| obj_err(path, &dwhat, "missing `vector`"))?;
-    if !(vector.norm() > 0.0) {
+    if vector.norm() <= 0.0 {
         return Err(obj_err(path, &dwhat, "zero `vector`"));
     }
     let units = read_str_attr(&ds, "units", path)?;
