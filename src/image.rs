@@ -176,8 +176,9 @@ pub enum ImageFormat {
     Smv,
 }
 
-/// A file of shots.
-pub trait ImageSource: Send {
+/// A file of shots. Sources may be shared between threads; HDF5 reads are
+/// serialised by the hdf5 crate's global lock.
+pub trait ImageSource: Send + Sync {
     /// The file this source reads.
     fn path(&self) -> &Path;
 
@@ -246,6 +247,9 @@ pub(crate) fn has_hdf5_signature(path: &Path) -> Result<bool> {
 /// `{ HEADER_BYTES=… }` is SMV.
 pub fn open_image_source(path: impl AsRef<Path>) -> Result<Box<dyn ImageSource>> {
     let path = path.as_ref();
+    if path.is_dir() {
+        return Err(Error::file(path, "is a folder, not an image file"));
+    }
     if !path.is_file() {
         return Err(Error::file(path, "image file not found"));
     }

@@ -224,26 +224,36 @@ pub(crate) fn read_str_attr(loc: &Location, name: &str, path: &Path) -> Result<O
     }
     let what = format!("attribute {}@{name}", loc.name());
     let attr = loc.attr(name).map_err(|e| obj_err(path, &what, h5msg(&e)))?;
-    let td = attr.dtype().and_then(|t| t.to_descriptor()).map_err(|e| obj_err(path, &what, h5msg(&e)))?;
-    if attr.size() != 1 {
-        return Err(obj_err(path, &what, format!("expected one string, found {} values", attr.size())));
-    }
-    let e = |e: ::hdf5::Error| obj_err(path, &what, h5msg(&e));
-    let s = match td {
-        TypeDescriptor::VarLenUnicode => attr.read_raw::<VarLenUnicode>().map_err(e)?[0].as_str().to_string(),
-        TypeDescriptor::VarLenAscii => attr.read_raw::<VarLenAscii>().map_err(e)?[0].as_str().to_string(),
-        TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
-            let unicode = matches!(td, TypeDescriptor::FixedUnicode(_));
-            let bytes = read_fixed_string(&attr, n, unicode).map_err(e)?;
-            String::from_utf8_lossy(&bytes).trim_end_matches([' ', '\0']).to_string()
-        }
-        other => return Err(obj_err(path, &what, format!("expected a string attribute, found {other}"))),
-    };
-    Ok(Some(s))
+    read_string(&attr, &what, path).map(Some)
 }
 
-/// Reads a fixed-length string attribute through a large enough fixed buffer type.
-fn read_fixed_string(attr: &::hdf5::Attribute, n: usize, unicode: bool) -> ::hdf5::Result<Vec<u8>> {
+/// A string dataset `name` of `group` (same forms as [`read_str_attr`]); `None` if absent.
+pub(crate) fn read_str_dataset(group: &Group, name: &str, path: &Path) -> Result<Option<String>> {
+    let Some(ds) = opt_dataset(group, name) else { return Ok(None) };
+    read_string(&ds, &format!("dataset {}", ds.name()), path).map(Some)
+}
+
+/// One string from an attribute or dataset of any HDF5 string type.
+fn read_string(c: &::hdf5::Container, what: &str, path: &Path) -> Result<String> {
+    let td = c.dtype().and_then(|t| t.to_descriptor()).map_err(|e| obj_err(path, what, h5msg(&e)))?;
+    if c.size() != 1 {
+        return Err(obj_err(path, what, format!("expected one string, found {} values", c.size())));
+    }
+    let e = |e: ::hdf5::Error| obj_err(path, what, h5msg(&e));
+    Ok(match td {
+        TypeDescriptor::VarLenUnicode => c.read_raw::<VarLenUnicode>().map_err(e)?[0].as_str().to_string(),
+        TypeDescriptor::VarLenAscii => c.read_raw::<VarLenAscii>().map_err(e)?[0].as_str().to_string(),
+        TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
+            let unicode = matches!(td, TypeDescriptor::FixedUnicode(_));
+            let bytes = read_fixed_string(c, n, unicode).map_err(e)?;
+            String::from_utf8_lossy(&bytes).trim_end_matches([' ', '\0']).to_string()
+        }
+        other => return Err(obj_err(path, what, format!("expected a string, found {other}"))),
+    })
+}
+
+/// Reads a fixed-length string through a large enough fixed buffer type.
+fn read_fixed_string(attr: &::hdf5::Container, n: usize, unicode: bool) -> ::hdf5::Result<Vec<u8>> {
     macro_rules! via {
         ($cap:expr) => {{
             if unicode {

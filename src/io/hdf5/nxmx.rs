@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use super::{
     check_spectrum, h5msg, join, nx_class, obj_err, opt_dataset, opt_group, read_block_f64, read_f64,
-    read_num_attr, read_row_f64, read_str_attr,
+    read_num_attr, read_row_f64, read_str_attr, read_str_dataset,
 };
 use crate::conventions::{axis_angle, Mat3, Vec3, EV_ANGSTROM};
 use crate::error::{Error, Result};
@@ -615,18 +615,6 @@ fn scalar_of(g: &Group, name: &str, path: &Path) -> Result<Option<(f64, Option<S
     }
 }
 
-fn string_of(g: &Group, name: &str) -> Option<String> {
-    let ds = opt_dataset(g, name)?;
-    use ::hdf5::types::{VarLenAscii, VarLenUnicode};
-    if let Ok(v) = ds.read_scalar::<VarLenUnicode>() {
-        return Some(v.as_str().to_string());
-    }
-    if let Ok(v) = ds.read_scalar::<VarLenAscii>() {
-        return Some(v.as_str().to_string());
-    }
-    None
-}
-
 fn detector_dict(
     file: &File,
     det: &Group,
@@ -634,7 +622,7 @@ fn detector_dict(
     modules: &[Module],
     path: &Path,
 ) -> Result<Value> {
-    let material = string_of(det, "sensor_material").unwrap_or_default();
+    let material = read_str_dataset(det, "sensor_material", path)?.unwrap_or_default();
     let thickness = match scalar_of(det, "sensor_thickness", path)? {
         Some((t, u)) => {
             t * length_scale_mm(u.as_deref())
