@@ -312,3 +312,76 @@ fn unreadable_data_names_file_and_dataset() {
     assert!(open_image_source(&txt).unwrap_err().to_string().contains("x.h5"));
     assert!(open_image_source(dir.path().join("missing.h5")).unwrap_err().to_string().contains("not found"));
 }
+
+/// Inconsistent NXmx or diffBragg metadata gives one error naming the file
+/// and the offending object.
+#[test]
+fn bad_metadata_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, json, numpy as np, h5py
+out = sys.argv[1]
+def nx(name, origin=(0, 0, 0), size=(1, 3, 4), variant=None, units="angstrom", drop=None):
+    with h5py.File(f"{out}/{name}.h5", "w") as f:
+        e = f.create_group("entry"); e.attrs["NX_class"] = "NXentry"
+        d = e.create_group("data"); d.attrs["NX_class"] = "NXdata"
+        d["data"] = np.zeros((2, 1, 3, 4))
+        ins = e.create_group("instrument"); ins.attrs["NX_class"] = "NXinstrument"
+        b = ins.create_group("beam"); b.attrs["NX_class"] = "NXbeam"
+        w = b.create_dataset("incident_wavelength", data=[1.0, 1.1]); w.attrs["units"] = units
+        if variant: w.attrs["variant"] = variant
+        det = ins.create_group("det"); det.attrs["NX_class"] = "NXdetector"
+        m = det.create_group("mod"); m.attrs["NX_class"] = "NXdetector_module"
+        m["data_origin"] = list(origin); m["data_size"] = list(size)
+        for nm_, vec in (("fast_pixel_direction", [-1.0, 0, 0]), ("slow_pixel_direction", [0, -1.0, 0])):
+            if nm_ == drop: continue
+            a = m.create_dataset(nm_, data=0.1); a.attrs.update({"vector": vec, "units": "mm", "depends_on": "."})
+nx("origin", origin=(0, 1, 0))
+nx("variant", variant="nowhere")
+nx("units", units="parsec")
+nx("nofast", drop="fast_pixel_direction")
+nx("ok")
+beam = json.dumps({"wavelength": 1.0})
+def db(name, shape=(2, 1, 3, 4), det={"panels": [{"image_size": [4, 3]}]}, extra=None):
+    with h5py.File(f"{out}/{name}.h5", "w") as f:
+        ds = f.create_dataset("images", data=np.zeros(shape))
+        ds.attrs["dxtbx_detector_string"] = json.dumps(det) if isinstance(det, dict) else det
+        ds.attrs["dxtbx_beam_string"] = beam
+        for k, v in (extra or {}).items(): f[k] = v
+db("db_3d", shape=(2, 3, 4))
+db("db_size", det={"panels": [{"image_size": [3, 4]}]})
+db("db_syntax", det="{'panels': [")
+db("db_spec", extra={"spectrum_energies": np.ones((2, 5)), "spectrum_weights": np.ones((2, 4))})
+db("db_cw", extra={"central_wavelengths": [1.0]})
+db("db_neg", extra={"spectrum_energies": -np.ones((2, 5)), "spectrum_weights": np.ones((2, 5))})
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(dir.path()).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read_all = |name: &str| {
+        open_image_source(dir.path().join(format!("{name}.h5"))).and_then(|s| {
+            for i in 0..s.n_images() {
+                s.read_image(i)?;
+                s.spectrum(i)?;
+                s.wavelength(i)?;
+            }
+            let _ = s.detector_dict();
+            Ok(())
+        })
+    };
+    read_all("ok").unwrap();
+    for (name, needle) in [
+        ("origin", "/entry/instrument/det/mod"),
+        ("variant", "nowhere"),
+        ("units", "parsec"),
+        ("nofast", "fast_pixel_direction"),
+        ("db_3d", "4 dimensions"),
+        ("db_size", "image_size"),
+        ("db_syntax", "dxtbx_detector_string"),
+        ("db_spec", "shapes differ"),
+        ("db_cw", "central_wavelengths"),
+        ("db_neg", "energy"),
+    ] {
+        let e = read_all(name).expect_err(name).to_string();
+        assert!(e.contains(&format!("{name}.h5")) && e.contains(needle), "{name}: {e}");
+    }
+}
