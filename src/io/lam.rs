@@ -6,7 +6,7 @@
 //! 9.537245464324951172e-01,1.234500000000000000e+10
 //! ```
 //! Column 1 is the wavelength in Å, column 2 the weight (any scale).
-//! [TRAP] The first line is skipped **unconditionally** (diffBragg
+//! **\[TRAP\]** The first line is skipped **unconditionally** (diffBragg
 //! `load_spectra_file` uses `skiprows=1`), so a file without a header loses its
 //! first channel; we reproduce that. After it, as `np.loadtxt` does, blank lines
 //! and `#` comments are skipped. Every row needs exactly two numbers; errors

@@ -23,9 +23,10 @@
 //!   frame) composed from each module's `fast/slow_pixel_direction` and its
 //!   `depends_on` chain, mapped McStas → imgCIF with diag(−1, 1, −1). The
 //!   chain is composed as NeXus defines it (`A = T_last·…·T_first`, origin =
-//!   `A·offset`); dxtbx's flat-detector code instead adds the chain's
-//!   translation to the unrotated offset, which differs only when the chain
-//!   rotates (a two-theta arm) — we follow the standard. `mu` is left 0
+//!   `A·offset`). **\[BUG?\]** dxtbx's single-module (flat) code instead adds
+//!   the chain's translation to the *unrotated* offset; the two agree unless
+//!   the chain rotates (e.g. a two-theta arm). We follow the standard, which
+//!   is also what dxtbx's multi-module (hierarchical) code computes. `mu` is left 0
 //!   (no attenuation table here: the caller sets it if it models parallax),
 //!   and the hierarchy dxtbx builds for multi-module files is not rebuilt: the
 //!   lab-frame panels are the same, the tree is flat.

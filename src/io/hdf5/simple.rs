@@ -17,7 +17,7 @@
 //!
 //! Beam wavelength per shot, as the dxtbx format classes set it: with spectra,
 //! `hc / (Σ w·E / Σ w)`; else `central_wavelengths[i]`; else the beam dict's.
-//! [TRAP] dxtbx's `FormatHDF5AttributeGeometry` never implements
+//! **\[TRAP\]** dxtbx's `FormatHDF5AttributeGeometry` never implements
 //! `get_spectrum`, so there `spectrum_from_imageset=True` fails; we do return
 //! the per-shot spectrum, which is what the user meant by writing it.
 //! Lenient on purpose: JSON `true/false/null` in the attribute strings (which
