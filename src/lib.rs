@@ -17,6 +17,7 @@ pub mod geometry;
 pub mod io;
 pub mod reflections;
 pub mod refine;
+pub mod image;
 pub mod spectrum;
 #[doc(hidden)]
 pub mod testutil;
