@@ -1,6 +1,6 @@
 //! `diffbragg config show|explain` end to end, each run in its own temp dir.
 
-use diffbragg::config::HopperConfig;
+use diffbragg::config::{Config, EnsHopper, Hopper, Integrate, ProgramKind, StillsProcess};
 use diffbragg::testutil::shared;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -72,17 +72,27 @@ fn show_integrate_with_the_users_override() {
     assert!(o.status.success() && stdout(&o).contains("predictions.qcut = 0.003 "), "{}", stderr(&o));
 }
 
-#[test]
-fn show_output_is_phil_that_reproduces_the_config() {
+fn roundtrip<K: ProgramKind>(program: &str, seed: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let s1 = shared("seed/stage_one_test.phil");
-    let o = run(tmp.path(), &["config", "show", "--program", "hopper", s1.to_str().unwrap()]);
+    let src = shared(&format!("seed/{seed}"));
+    let o = run(tmp.path(), &["config", "show", "--program", program, src.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let saved = tmp.path().join("effective.phil");
     std::fs::write(&saved, stdout(&o)).unwrap();
-    let (orig, _) = HopperConfig::load(&[&s1], &[]).unwrap();
-    let (again, _) = HopperConfig::load(&[&saved], &[]).unwrap();
-    assert_eq!(orig.params, again.params);
+    let (orig, _) = Config::<K>::load(&[&src], &[]).unwrap();
+    let (again, _) = Config::<K>::load(&[&saved], &[]).unwrap();
+    assert_eq!(orig.params, again.params, "{program} {seed}");
+    let raw =
+        |c: &Config<K>| c.unmodelled.iter().map(|r| (r.name.clone(), r.text.clone())).collect::<Vec<_>>();
+    assert_eq!(raw(&orig), raw(&again));
+}
+
+#[test]
+fn show_output_is_phil_that_reproduces_the_config() {
+    roundtrip::<Hopper>("hopper", "stage_one_test.phil");
+    roundtrip::<EnsHopper>("ens-hopper", "stage_two_test.phil");
+    roundtrip::<Integrate>("integrate", "simulation.phil");
+    roundtrip::<StillsProcess>("stills-process", "sim_processing.phil");
 }
 
 #[test]

@@ -4,9 +4,13 @@
 //! Supported syntax:
 //! * nested scopes `a { b { c = 1 } }`, with the brace on the same or a later line;
 //! * dotted names both for parameters and scopes: `a.b.c = 1`, `a.b { c = 1 }`;
-//! * a value is every word up to the end of the line (or a `}`); words are
-//!   separated by whitespace; `"…"`/`'…'` quote a word (backslash escapes, may
-//!   span lines); `#` starts a comment anywhere outside quotes;
+//! * a value is every word up to the end of the line, a `;` or a `}`; a
+//!   trailing `\` continues it on the next line; words are separated by
+//!   whitespace; `"…"`, `'…'` and `"""…"""` quote a word (may span lines; a
+//!   backslash escapes only a backslash, the quote or a newline, as in libtbx);
+//! * `#` starts a comment anywhere outside quotes; `#phil __OFF__` …
+//!   `#phil __ON__` skips a block and `#phil __END__` ends the input;
+//! * a name written `!name` disables that definition or scope (libtbx);
 //! * list brackets, commas and `*choice` markers are kept inside the words:
 //!   turning words into typed values is [`super::value`]'s job.
 //!
@@ -88,7 +92,7 @@ fn err<T>(line: usize, msg: impl Into<String>) -> Result<T, SyntaxError> {
 
 /// Characters that end an unquoted word.
 fn is_delim(c: char) -> bool {
-    c.is_whitespace() || c == '{' || c == '}' || c == '#'
+    c.is_whitespace() || c == '{' || c == '}' || c == '#' || c == ';'
 }
 
 /// A valid dotted name: identifiers (`[A-Za-z_][A-Za-z0-9_]*`) joined by dots.
@@ -124,12 +128,26 @@ impl Parser {
         }
     }
 
-    /// Skip spaces, tabs, newlines and comments.
+    fn at(&self, s: &str) -> bool {
+        s.chars().enumerate().all(|(i, c)| self.chars.get(self.pos + i) == Some(&c))
+    }
+
+    /// Skip spaces, newlines, comments and stray `;` between statements,
+    /// honouring the `#phil __OFF__/__ON__/__END__` meta comments.
     fn skip_blank(&mut self) {
         while let Some(c) = self.peek() {
-            if c == '#' {
+            if self.at("#phil __END__") {
+                self.pos = self.chars.len();
+            } else if self.at("#phil __OFF__") {
+                loop {
+                    self.skip_comment();
+                    if self.bump().is_none() || self.at("#phil __ON__") || self.at("#phil __END__") {
+                        break;
+                    }
+                }
+            } else if c == '#' {
                 self.skip_comment();
-            } else if c.is_whitespace() {
+            } else if c.is_whitespace() || c == ';' {
                 self.bump();
             } else {
                 break;
@@ -137,19 +155,42 @@ impl Parser {
         }
     }
 
-    /// A quoted word starting at the opening quote.
+    /// A quoted word starting at the opening quote (single or triple).
     fn quoted(&mut self) -> Result<String, SyntaxError> {
         let open_line = self.line;
         let q = self.bump().unwrap_or('"');
+        let triple: String = [q, q].iter().collect();
+        let triple = if self.at(&triple) {
+            self.pos += 2;
+            true
+        } else {
+            false
+        };
         let mut s = String::new();
         loop {
             match self.bump() {
                 None => return err(open_line, format!("unterminated {q}-quoted string")),
-                Some('\\') => match self.bump() {
-                    None => return err(open_line, format!("unterminated {q}-quoted string")),
-                    Some(c) => s.push(c),
+                Some(c) if c == q && !triple => return Ok(s),
+                Some(c) if c == q && self.peek() == Some(q) && self.chars.get(self.pos + 1) == Some(&q) => {
+                    self.pos += 2;
+                    return Ok(s);
+                }
+                // libtbx: `\\` is a backslash, `\"` the quote, backslash-newline
+                // joins lines; any other backslash is kept literally.
+                Some('\\') => match self.peek() {
+                    Some('\\') => {
+                        self.pos += 1;
+                        s.push('\\');
+                    }
+                    Some(c) if c == q => {
+                        self.pos += 1;
+                        s.push(q);
+                    }
+                    Some('\n') => {
+                        self.bump();
+                    }
+                    _ => s.push('\\'),
                 },
-                Some(c) if c == q => return Ok(s),
                 Some(c) => s.push(c),
             }
         }
@@ -169,15 +210,29 @@ impl Parser {
         s
     }
 
-    /// The words of a value, up to the end of the line, a `}` or a comment.
+    /// The words of a value, up to the end of the line, a `;`, a `}` or a
+    /// comment; a trailing backslash continues the value on the next line.
     fn value_words(&mut self) -> Result<Vec<Word>, SyntaxError> {
-        let mut words = Vec::new();
+        let mut words: Vec<Word> = Vec::new();
         loop {
             while matches!(self.peek(), Some(c) if c.is_whitespace() && c != '\n') {
                 self.pos += 1;
             }
+            let continued = matches!(words.last(), Some(w) if !w.quoted && w.text.ends_with('\\'));
             match self.peek() {
+                Some('\n') if continued => {
+                    self.bump();
+                    let w = words.last_mut().expect("checked above");
+                    w.text.pop();
+                    if w.text.is_empty() {
+                        words.pop();
+                    }
+                }
                 None | Some('\n') | Some('}') => return Ok(words),
+                Some(';') => {
+                    self.pos += 1;
+                    return Ok(words);
+                }
                 Some('#') => {
                     self.skip_comment();
                     return Ok(words);
@@ -191,8 +246,8 @@ impl Parser {
 
     fn run(mut self, origin: &dyn Fn(usize) -> Origin) -> Result<Vec<Assignment>, SyntaxError> {
         let mut out = Vec::new();
-        // Open scopes: (full dotted prefix, line of the opening brace).
-        let mut scopes: Vec<(String, usize)> = Vec::new();
+        // Open scopes: (full dotted prefix, line of the opening brace, disabled).
+        let mut scopes: Vec<(String, usize, bool)> = Vec::new();
         loop {
             self.skip_blank();
             let Some(c) = self.peek() else { break };
@@ -210,7 +265,14 @@ impl Parser {
                 '"' | '\'' => return err(line, "expected a parameter name, found a quoted string"),
                 _ => {}
             }
-            let name = self.bare(true);
+            let mut name = self.bare(true);
+            let disabled = name.starts_with('!') || scopes.last().is_some_and(|s| s.2);
+            if let Some(n) = name.strip_prefix('!') {
+                name = n.to_string();
+            }
+            if name == "include" {
+                return err(line, "`include` is not supported: give each phil file on the command line");
+            }
             if name.starts_with('.') {
                 return err(line, format!("`{name}`: attribute lines (.type, .help, …) belong in master phil, not in parameter files"));
             }
@@ -218,7 +280,7 @@ impl Parser {
                 return err(line, format!("expected a parameter name, found `{name}`"));
             }
             let full = match scopes.last() {
-                Some((prefix, _)) => format!("{prefix}.{name}"),
+                Some((prefix, _, _)) => format!("{prefix}.{name}"),
                 None => name.clone(),
             };
             self.skip_blank();
@@ -229,16 +291,18 @@ impl Parser {
                     if words.is_empty() {
                         return err(line, format!("`{name} =` has no value (write None to unset it)"));
                     }
-                    out.push(Assignment { name: full, words, origin: origin(line) });
+                    if !disabled {
+                        out.push(Assignment { name: full, words, origin: origin(line) });
+                    }
                 }
                 Some('{') => {
                     self.bump();
-                    scopes.push((full, line));
+                    scopes.push((full, line, disabled));
                 }
                 _ => return err(line, format!("expected `=` or `{{` after `{name}`")),
             }
         }
-        if let Some((name, line)) = scopes.last() {
+        if let Some((name, line, _)) = scopes.last() {
             return err(*line, format!("scope `{name}` opened here is never closed (missing `}}`)"));
         }
         Ok(out)
@@ -311,6 +375,18 @@ mod tests {
         assert_eq!(e("a =\n").line, 1);
         assert!(e("  .type = int\n").msg.contains("master phil"));
         assert_eq!(e("1abc = 2").line, 1);
+    }
+
+    #[test]
+    fn libtbx_details() {
+        let got = p("a = 1; b = 2\nc = 3 \\\n  4 5\n!d = 6\n!e { f = 7 }\ng = 8\n#phil __OFF__\nh = 9\n#phil __ON__\ni = 10\n#phil __END__\nj = }\n");
+        let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "g", "i"]);
+        assert_eq!(got[2].1, s(&["3", "4", "5"]));
+        let q = p("x = \"C:\\dir\\n\" 'it\\'s' \"\"\"tri\"ple\"\"\" \"a\\\\b\"\n");
+        assert_eq!(q[0].1, s(&["C:\\dir\\n", "it's", "tri\"ple", "a\\b"]));
+        let e = parse_file_text("include scope x.y\n", Path::new("/x")).unwrap_err();
+        assert!(e.msg.contains("include"));
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl Schema {
 }
 
 /// A root scope: the whole parameter tree of one program family.
-pub trait Root: Scope + Default + Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait Root: Scope + Default + Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static {
     /// "diffBragg" or "DIALS stills_process": where the names come from.
     const FAMILY: &'static str;
     fn schema() -> &'static Schema;

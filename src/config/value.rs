@@ -66,7 +66,7 @@ pub fn fmt_f64(x: f64) -> String {
 /// Quote a string if it would not read back as the same single string.
 pub fn quote_if_needed(s: &str) -> String {
     let plain = !s.is_empty()
-        && !s.chars().any(|c| c.is_whitespace() || "#{}\"'\\".contains(c))
+        && !s.chars().any(|c| c.is_whitespace() || "#{};\"'\\".contains(c))
         && !s.eq_ignore_ascii_case("none")
         && !s.eq_ignore_ascii_case("auto")
         && !s.starts_with('*');
@@ -549,6 +549,7 @@ mod tests {
         rt(vec![1.0f64, 2.5]);
         rt(Some("F-model,PHIF-model".to_string()));
         rt("has space # and quote\"".to_string());
+        rt("semi;colon\\".to_string());
         rt(Some(PathBuf::from("/a b/c.mtz")));
         rt(Option::<f64>::None);
         rt(AutoOr::<i64>::Auto);
