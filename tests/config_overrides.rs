@@ -253,4 +253,14 @@ fn parameters_not_read_by_the_program_are_listed() {
         "{}",
         u[0]
     );
+    // A stage-1 file given to integrate: the refinement settings are listed, the simulator ones are not.
+    let (_, w) =
+        IntegrateConfig::load(&[diffbragg::testutil::shared("seed/stage_one_test.phil")], &[]).unwrap();
+    let u = of_kind(&w, WarningKind::NotUsedByProgram);
+    assert!(u[0].message.contains("init.Nabc") && u[0].message.contains("refiner.sigma_r"), "{}", u[0]);
+    assert!(
+        !u[0].message.contains("simulator.beam.size_mm") && !u[0].message.contains("downsamp_spec"),
+        "{}",
+        u[0]
+    );
 }

@@ -758,21 +758,23 @@ impl Root for DiffBraggParams {
 
 /// Whether `program` reads the diffBragg parameter `name`. Coarse, by scope:
 /// used to break ties in `--cmdlinePhil` suffix matching and to warn about
-/// settings the program never reads.
+/// settings the program never reads. diffBragg.integrate takes the crystal
+/// model from stage-1 results, so of the phil it reads only the simulator,
+/// spectrum and prediction settings.
 pub fn used_by(program: Program, name: &str) -> bool {
-    use Program::*;
     let under = |scope: &str| name.strip_prefix(scope).is_some_and(|r| r.starts_with('.'));
-    let only: &[Program] = if under("predictions") {
-        &[Integrate]
-    } else if under("filter_during_refinement")
-        || under("filter_after_refinement")
-        || name == "exp_ref_spec_file"
-    {
-        &[Hopper]
-    } else if under("refiner.stage_two") {
-        &[EnsHopper]
-    } else {
-        &[Hopper, Integrate, EnsHopper]
-    };
-    only.contains(&program)
+    let stage1_only =
+        under("filter_during_refinement") || under("filter_after_refinement") || name == "exp_ref_spec_file";
+    match program {
+        Program::Integrate => {
+            under("predictions")
+                || under("simulator")
+                || under("downsamp_spec")
+                || name == "spectrum_from_imageset"
+                || name == "gen_gauss_spec"
+        }
+        Program::Hopper => !under("predictions") && !under("refiner.stage_two"),
+        Program::EnsHopper => !under("predictions") && !stage1_only,
+        Program::StillsProcess => false,
+    }
 }
