@@ -6,8 +6,10 @@
 //! * [`crystal`]: unit cell and orientation.
 //! * [`spectrum`]: channel wavelengths and weights.
 //! * [`error`]: errors that name the file, row or parameter.
+//! * [`config`]: phil files and overrides → typed, validated configuration.
 
 pub mod cli;
+pub mod config;
 pub mod conventions;
 pub mod crystal;
 pub mod dist;

@@ -4,6 +4,8 @@
 //! parse only) and a `run` function that validates them into a config and
 //! calls the library.
 
+pub mod config;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -17,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Print version and build information.
     Info,
+    /// Inspect configuration: effective values of phil files, or one parameter's documentation.
+    Config(config::ConfigArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -26,5 +30,6 @@ pub fn run() -> anyhow::Result<()> {
             println!("diffbragg {} (features: mpi={})", env!("CARGO_PKG_VERSION"), cfg!(feature = "mpi"));
             Ok(())
         }
+        Command::Config(args) => config::run(args),
     }
 }
