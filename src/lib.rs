@@ -12,6 +12,8 @@ pub mod conventions;
 pub mod crystal;
 pub mod error;
 pub mod geometry;
+pub mod io;
 pub mod spectrum;
+pub mod symmetry;
 #[doc(hidden)]
 pub mod testutil;

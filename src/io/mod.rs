@@ -1,0 +1,2 @@
+//! Readers and writers of the file formats users bring and the pipeline writes.
+pub mod mtz;

@@ -1,0 +1,1 @@
+//! MTZ (placeholder)
