@@ -471,6 +471,15 @@ impl SpaceGroup {
         }
     }
 
+    /// This group with its operations listed in another order (e.g. that of an
+    /// MTZ file's `SYMM` records); `Err` if `ops` is not the same set.
+    pub fn with_ops(&self, ops: GroupOps) -> Result<SpaceGroup> {
+        if !ops.is_same_as(&self.ops) {
+            return Err(Error::msg(format!("the operations are not those of {}", self.hm())));
+        }
+        Ok(SpaceGroup { ops, ..self.clone() })
+    }
+
     /// A number, an H-M symbol or a Hall symbol, tried in that order (so `P 2`
     /// is the H-M `P 1 2 1`, not the Hall `P 2` = `P 1 1 2`).
     pub fn parse(s: &str) -> Result<SpaceGroup> {
