@@ -81,8 +81,7 @@ fn every_setting_matches_gemmi() {
         let want_sym = parse_ops(&e["sym_ops"]);
         let got_sym: Vec<Op> = g.sym_ops.clone();
         assert_eq!(got_sym, want_sym.iter().map(|o| o.wrapped()).collect::<Vec<_>>(), "{ctx}: sym_ops order");
-        let want_cen: BTreeSet<[i32; 3]> =
-            e["cen_ops"].as_array().unwrap().iter().map(|c| miller(c)).collect();
+        let want_cen: BTreeSet<[i32; 3]> = e["cen_ops"].as_array().unwrap().iter().map(miller).collect();
         assert_eq!(g.cen_ops.iter().copied().collect::<BTreeSet<_>>(), want_cen, "{ctx}: centring");
         assert_eq!(op_set(&g.all_ops()), op_set(&parse_ops(&e["all_ops"])), "{ctx}: all ops");
         assert_eq!(g.order(), e["all_ops"].as_array().unwrap().len());

@@ -12,10 +12,9 @@
 //!   blocks are skipped), closed by `MTZENDOFHEADERS`.
 //!
 //! # Conventions
-//! * [`Mtz::space_group`] comes from the `SYMM` records when they form a known
-//!   setting (their order is kept, it defines ISYM), else from the `SYMINF` name
-//!   or number; a `SYMINF` name naming the same operations wins for the label
-//!   (e.g. `C c c b:1` vs `C c c a:1`).
+//! * [`Mtz::space_group`] combines the `SYMM` records (their order is kept: it
+//!   defines ISYM) and the `SYMINF` name or number; see `resolve_space_group`
+//!   for which one wins when they disagree.
 //! * Columns are stored per column (`values[i]` is row i), f32 as in the file.
 //! * The writer writes little-endian files with dataset 0 `HKL_base` (owning H,
 //!   K, L) and one data dataset 1, like CCP4 and gemmi.
@@ -335,7 +334,10 @@ impl Mtz {
         let so = self.sort_order;
         rec(format!("SORT  {:3} {:3} {:3} {:3} {:3}", so[0], so[1], so[2], so[3], so[4]))?;
         let lat = sg.ccp4_lattice_type();
+        // CCP4 style ("H 3" for R 3:H); the qualifier only where the bare
+        // symbol would mean another setting (origin choice 2, rhombohedral axes)
         let name = match sg.setting() {
+            Some(s) if s.ext == "2" || s.ext == "R" => s.xhm(),
             Some(s) => format!("{lat}{}", &s.hm[1..]),
             None => sg.hm(),
         };
@@ -767,29 +769,37 @@ impl Reader<'_> {
     }
 }
 
-/// The group from SYMM records (order kept) and/or the SYMINF name and number.
+/// The group from the SYMM records (their order kept: it defines ISYM) and the
+/// SYMINF name. When both are known and differ: the same ITA number means
+/// another setting of the named type (`R 3` on rhombohedral axes, origin
+/// choice 2), so the operations win; a different number means the records are
+/// incomplete (e.g. centring operations left out), so the name wins, as in
+/// CCP4 and gemmi, which read only the name.
 fn resolve_space_group(mtz: &Mtz) -> Option<SpaceGroup> {
     let by_name =
         if mtz.space_group_name.is_empty() { None } else { SpaceGroup::from_hm(&mtz.space_group_name).ok() };
-    if !mtz.symops.is_empty() {
-        if let Ok(ops) = GroupOps::from_all_ops(&mtz.symops) {
-            if let Some(named) = &by_name {
-                if let Ok(sg) = named.with_ops(ops.clone()) {
-                    return Some(sg);
-                }
-            }
-            if let Ok(sg) = SpaceGroup::from_ops(ops) {
-                return Some(sg);
+    let by_ops = if mtz.symops.is_empty() {
+        None
+    } else {
+        GroupOps::from_all_ops(&mtz.symops).ok().and_then(|ops| SpaceGroup::from_ops(ops).ok())
+    };
+    match (by_name, by_ops) {
+        (Some(named), Some(from_ops)) => {
+            if let Ok(sg) = named.with_ops(from_ops.ops().clone()) {
+                Some(sg)
+            } else if named.number() == from_ops.number() {
+                Some(from_ops)
+            } else {
+                Some(named)
             }
         }
-    }
-    by_name.or_else(|| {
-        if mtz.space_group_number > 0 {
+        (Some(named), None) => Some(named),
+        (None, Some(from_ops)) => Some(from_ops),
+        (None, None) if mtz.space_group_number > 0 => {
             SpaceGroup::from_number(mtz.space_group_number as u32).ok()
-        } else {
-            None
         }
-    })
+        (None, None) => None,
+    }
 }
 
 fn ints(s: &str, n: usize) -> std::result::Result<Vec<i64>, String> {
@@ -863,5 +873,65 @@ mod tests {
         assert_eq!(a.hkl, vec![[1, 2, 3], [10, 5, 7]]);
         assert!(r.amplitudes("SIGF").is_err());
         assert!(r.amplitudes("nope").is_err());
+    }
+
+    /// Replace the header record starting with `key` by `new`.
+    fn patch_record(bytes: &mut [u8], key: &[u8], new: &str) {
+        let hs = 4 * (i32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize - 1);
+        let at = (hs..bytes.len()).step_by(80).find(|&p| bytes[p..].starts_with(key)).unwrap();
+        bytes[at..at + 80].copy_from_slice(format!("{new:<80}").as_bytes());
+    }
+
+    #[test]
+    fn name_and_symm_disagreeing() {
+        let cell = UnitCell::new(30.0, 40.0, 50.0, 90.0, 100.0, 90.0);
+        // SYMM lists only the primitive operations of C 1 2 1: the name wins
+        let m = Mtz::new_merged(
+            cell,
+            SpaceGroup::from_hm("C 1 2 1").unwrap(),
+            &[[1, 1, 0]],
+            ("p", "c", "d"),
+            1.0,
+        );
+        let mut bytes = m.to_bytes().unwrap();
+        patch_record(&mut bytes, b"SYMM X+1/2", "SYMM X,Y,Z");
+        patch_record(&mut bytes, b"SYMM -X+1/2", "SYMM -X,Y,-Z");
+        let r = Mtz::from_bytes(&bytes, "c2.mtz").unwrap();
+        assert_eq!(r.space_group.unwrap().hm(), "C 1 2 1");
+        // same type, other setting: the operations win
+        let rr = SpaceGroup::from_hm("R 3:R").unwrap();
+        let m = Mtz::new_merged(
+            UnitCell::new(60.0, 60.0, 60.0, 80.0, 80.0, 80.0),
+            rr,
+            &[[1, 0, 0]],
+            ("p", "c", "d"),
+            1.0,
+        );
+        let r = Mtz::from_bytes(&m.to_bytes().unwrap(), "r3.mtz").unwrap();
+        assert_eq!(r.space_group_name, "R 3:R");
+        assert_eq!(r.space_group.unwrap().hm(), "R 3:R");
+        // a bare "R 3" name with rhombohedral SYMM records
+        let mut bytes = m.to_bytes().unwrap();
+        let sym = bytes.windows(6).position(|w| w == b"SYMINF").unwrap();
+        let rec = String::from_utf8_lossy(&bytes[sym..sym + 80]).replace("'R 3:R'", "'R 3'  ");
+        bytes[sym..sym + 80].copy_from_slice(rec.as_bytes());
+        let r = Mtz::from_bytes(&bytes, "r3.mtz").unwrap();
+        assert_eq!(r.space_group_name, "R 3");
+        assert_eq!(r.space_group.unwrap().hm(), "R 3:R");
+    }
+
+    #[test]
+    fn numeric_missing_value_marker_becomes_nan() {
+        let sg = SpaceGroup::from_hm("P 1").unwrap();
+        let cell = UnitCell::new(30.0, 40.0, 50.0, 90.0, 90.0, 90.0);
+        let mut m = Mtz::new_merged(cell, sg, &[[1, 0, 0], [0, 1, 0]], ("p", "c", "d"), 1.0);
+        m.add_column("I", 'J', vec![-999.0, 5.0]).unwrap();
+        let mut bytes = m.to_bytes().unwrap();
+        let at = bytes.windows(8).position(|w| w == b"VALM NAN").unwrap();
+        bytes[at..at + 80].copy_from_slice(format!("{:<80}", "VALM -999").as_bytes());
+        let r = Mtz::from_bytes(&bytes, "valm.mtz").unwrap();
+        let v = &r.column("I").unwrap().values;
+        assert!(v[0].is_nan());
+        assert_eq!(v[1], 5.0);
     }
 }

@@ -535,11 +535,8 @@ impl SpaceGroup {
     pub fn short_hm(&self) -> String {
         let hm = self.hm();
         let t: Vec<&str> = hm.split(' ').collect();
-        let s = if t.len() == 4 && t[1] == "1" && t[3].starts_with('1') {
-            format!("{}{}{}", t[0], t[2], &t[3][1..])
-        } else {
-            hm.clone()
-        };
+        let s =
+            if t.len() == 4 && t[1] == "1" && t[3] == "1" { format!("{}{}", t[0], t[2]) } else { hm.clone() };
         s.replace(' ', "")
     }
 
@@ -587,11 +584,12 @@ impl SpaceGroup {
     }
 
     /// Lattice letter written in MTZ `SYMINF`: `H` for R groups on hexagonal
-    /// axes, else the centring symbol.
+    /// axes, else the first letter of the H-M symbol (`R` on rhombohedral axes).
     pub fn ccp4_lattice_type(&self) -> char {
         match self.setting {
             Some(s) if s.ext == "H" => 'H',
-            _ => self.centring().unwrap_or('P'),
+            Some(s) => s.hm.chars().next().unwrap_or('P'),
+            None => self.centring().unwrap_or('P'),
         }
     }
 
