@@ -208,9 +208,9 @@ impl Mtz {
     /// Structure-factor amplitudes selected as diffBragg's `mtz_column` does:
     /// comma-separated labels of one array.
     /// * `F` (F), `F,SIGF` (F Q), `F-model,PHIF-model` (F P: the amplitude);
-    /// * `I` or `IMEAN,SIGIMEAN` (J [Q]): amplitudes `√max(I, 0)`;
-    /// * `F(+),F(-)` or `F(+),SIGF(+),F(-),SIGF(-)` (G [L] G [L]): anomalous,
-    ///   F(−) is reported at −h; likewise `I(+),I(-)` (K [M] K [M]).
+    /// * `I` or `IMEAN,SIGIMEAN` (types J or J Q): amplitudes `√max(I, 0)`;
+    /// * `F(+),F(-)` or `F(+),SIGF(+),F(-),SIGF(-)` (types G G or G L G L): anomalous,
+    ///   F(−) is reported at −h; likewise `I(+),I(-)` (K K or K M K M).
     ///
     /// Rows whose value is missing (NaN) are skipped. Unlike iotbx, the labels
     /// need not be the complete column group (sigma columns may be left out).

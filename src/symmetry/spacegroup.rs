@@ -225,6 +225,11 @@ impl PointGroup {
 ///   `B_real·Oᵀ` (columns = primitive a, b, c), primitive indices are
 ///   `h_p = O·h` (integer exactly when h is not centring-absent) and
 ///   `h = O⁻¹·h_p = cᵀ·h_p`.
+/// * ASU ids belong to conventional indices: map a primitive grid index back
+///   with [`PrimitiveBasis::to_conventional_hkl`] before
+///   [`super::ReciprocalAsu::to_asu`] (diffBragg's `linearize_Fhkl` applies O⁻¹
+///   and then `asym_index`; its `_set_mtz_data` mixes the two bases, a
+///   suspected bug for C/I/F/R lattices, `predict-and-stage2.md` T3.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrimitiveBasis {
     pub c: Op,
