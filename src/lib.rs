@@ -21,5 +21,6 @@ pub mod reflections;
 pub mod refine;
 pub mod image;
 pub mod spectrum;
+pub mod symmetry;
 #[doc(hidden)]
 pub mod testutil;

@@ -3,5 +3,6 @@ pub mod dials_expt;
 pub mod dials_refl;
 pub mod hdf5;
 pub mod lam;
+pub mod mtz;
 pub mod smv;
 pub mod spec_file;
