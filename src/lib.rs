@@ -13,5 +13,6 @@ pub mod crystal;
 pub mod error;
 pub mod geometry;
 pub mod spectrum;
+pub mod store;
 #[doc(hidden)]
 pub mod testutil;
