@@ -4,6 +4,8 @@
 //! parse only) and a `run` function that validates them into a config and
 //! calls the library.
 
+pub mod sql;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -17,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Print version and build information.
     Info,
+    /// Run one SQL query over a store's tables and views.
+    Sql(sql::SqlArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -26,5 +30,6 @@ pub fn run() -> anyhow::Result<()> {
             println!("diffbragg {} (features: mpi={})", env!("CARGO_PKG_VERSION"), cfg!(feature = "mpi"));
             Ok(())
         }
+        Command::Sql(args) => sql::run(args),
     }
 }

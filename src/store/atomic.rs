@@ -1,19 +1,23 @@
-//! Atomic file publication: write `path.tmp-<pid>` in the same folder, flush it
+//! Atomic file publication: write `path.tmp-<pid>-<n>` in the same folder, flush it
 //! to disk, then rename (replace) or hard-link (never replace) it into place.
 //!
-//! A crash before the rename leaves only the `.tmp-<pid>` file, whose name does
+//! A crash before the rename leaves only the `.tmp-…` file, whose name does
 //! not end in `.parquet`, so table globs and shard listings never see it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{io_err, Error, Result};
 
-/// The temporary name used while `path` is being written.
+/// A fresh temporary name for writing `path`: `path.tmp-<pid>-<n>`, unique
+/// within the process too (two threads may write the same target).
 pub fn tmp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut s = path.as_os_str().to_owned();
-    s.push(format!(".tmp-{}", std::process::id()));
+    s.push(format!(".tmp-{}-{n}", std::process::id()));
     PathBuf::from(s)
 }
 

@@ -15,9 +15,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
-    Int8Array, ListArray, StringArray, StructArray, TimestampMicrosecondArray, UInt16Array, UInt32Array, UInt64Array,
-    UInt8Array,
+    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array,
+    Int64Array, Int8Array, ListArray, StringArray, StructArray, TimestampMicrosecondArray, UInt16Array,
+    UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::DataType;
@@ -264,7 +264,8 @@ impl Leaf {
             Leaf::Str { bytes, offsets } => match s {
                 Scalar::Str(t) => {
                     bytes.extend_from_slice(t.as_bytes());
-                    let end = i32::try_from(bytes.len()).map_err(|_| "text column exceeds 2 GiB in one batch")?;
+                    let end =
+                        i32::try_from(bytes.len()).map_err(|_| "text column exceeds 2 GiB in one batch")?;
                     offsets.push(end);
                 }
                 _ => return Err("expected text".into()),
@@ -403,7 +404,8 @@ impl Col {
             }
             ColKind::List { offsets, items } => {
                 items.extend(v)?;
-                let end = i32::try_from(items.len()).map_err(|_| "list column exceeds 2³¹ items in one batch")?;
+                let end =
+                    i32::try_from(items.len()).map_err(|_| "list column exceeds 2³¹ items in one batch")?;
                 offsets.push(end);
             }
             ColKind::Fixed { n, items } => match v.list_len() {
@@ -429,9 +431,12 @@ impl Col {
         let nulls = if self.valid.iter().all(|&b| b) { None } else { Some(NullBuffer::from(self.valid)) };
         match (self.kind, dt) {
             (ColKind::Scalar(l), _) => l.into_array(nulls),
-            (ColKind::List { offsets, items }, DataType::List(f)) => {
-                Arc::new(ListArray::new(f.clone(), OffsetBuffer::new(offsets.into()), items.into_array(None), nulls))
-            }
+            (ColKind::List { offsets, items }, DataType::List(f)) => Arc::new(ListArray::new(
+                f.clone(),
+                OffsetBuffer::new(offsets.into()),
+                items.into_array(None),
+                nulls,
+            )),
             (ColKind::Fixed { n, items }, DataType::FixedSizeList(f, _)) => {
                 Arc::new(FixedSizeListArray::new(f.clone(), n as i32, items.into_array(None), nulls))
             }
@@ -580,11 +585,17 @@ mod tests {
             ([trace(1, 1), vec![("nope", 1.into())]].concat(), "`nope`: no such column"),
             ([trace(1, 1), vec![("eval", 2.into())]].concat(), "given twice"),
             (
-                trace(1, 1).into_iter().map(|(n, v)| if n == "eval" { (n, Value::Int(1 << 40)) } else { (n, v) }).collect(),
+                trace(1, 1)
+                    .into_iter()
+                    .map(|(n, v)| if n == "eval" { (n, Value::Int(1 << 40)) } else { (n, v) })
+                    .collect(),
                 "does not fit int32",
             ),
             (
-                trace(1, 1).into_iter().map(|(n, v)| if n == "stage" { (n, 3.into()) } else { (n, v) }).collect(),
+                trace(1, 1)
+                    .into_iter()
+                    .map(|(n, v)| if n == "stage" { (n, 3.into()) } else { (n, v) })
+                    .collect(),
                 "expected text",
             ),
         ];

@@ -13,9 +13,11 @@
 //!   match), makes views over empty tables return zero rows of the right types,
 //!   and with `union_by_name` gives every view all current columns even when
 //!   the shards are from an older schema version.
+//!   Should that file be missing and the folder not writable, the view falls
+//!   back to a typed empty SELECT built from the schema.
 //! * `hive_partitioning = false`: otherwise a `key=value` folder anywhere in
 //!   DIR's path would silently become an extra column.
-//! * Publication is atomic: the catalog is built in `catalog.duckdb.tmp-<pid>`
+//! * Publication is atomic: the catalog is built in `catalog.duckdb.tmp-<pid>-<n>`
 //!   and renamed over the old one, so a user's open session keeps its (old)
 //!   file and never blocks a refresh. Treat the file as read-only (e.g.
 //!   `ATTACH 'DIR/catalog.duckdb' AS db (READ_ONLY)`); objects you add to it
@@ -34,7 +36,7 @@ use duckdb::{AccessMode, Config, Connection};
 use sha2::{Digest, Sha256};
 
 use super::atomic::{tmp_path, write_bytes};
-use super::schema::Table;
+use super::schema::{ColumnType, Table};
 use crate::error::{io_err, Error, Result};
 
 pub const CATALOG_FILE: &str = "catalog.duckdb";
@@ -70,14 +72,65 @@ pub fn check_store_path(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The statement creating the view of `table` for the store at `root` (absolute).
+/// The statement creating the view of `table` for the store at `root`
+/// (absolute). Without the table's `_schema.parquet` (a read-only store that
+/// lost it) the glob could match nothing, so the view is the typed empty
+/// SELECT instead.
 pub fn table_view_sql(root: &Path, table: Table) -> String {
-    let glob = root.join(table.name()).join("*.parquet");
+    let dir = root.join(table.name());
+    if !dir.join(SCHEMA_FILE).is_file() {
+        return format!(
+            "CREATE OR REPLACE VIEW {} AS {};",
+            sql_ident(table.name()),
+            typed_empty_select(table)
+        );
+    }
+    let glob = dir.join("*.parquet");
     format!(
         "CREATE OR REPLACE VIEW {} AS SELECT * FROM read_parquet({}, union_by_name = true, hive_partitioning = false);",
         sql_ident(table.name()),
         sql_string(&glob.to_string_lossy())
     )
+}
+
+/// DuckDB's name for a column type, as DuckDB reads it back from our Parquet
+/// files (fixed-size lists become LISTs there, so they are LISTs here too).
+pub fn duckdb_type(t: &ColumnType) -> String {
+    match t {
+        ColumnType::Bool => "BOOLEAN".into(),
+        ColumnType::Int8 => "TINYINT".into(),
+        ColumnType::Int16 => "SMALLINT".into(),
+        ColumnType::Int32 => "INTEGER".into(),
+        ColumnType::Int64 => "BIGINT".into(),
+        ColumnType::UInt8 => "UTINYINT".into(),
+        ColumnType::UInt16 => "USMALLINT".into(),
+        ColumnType::UInt32 => "UINTEGER".into(),
+        ColumnType::UInt64 => "UBIGINT".into(),
+        ColumnType::Float32 => "FLOAT".into(),
+        ColumnType::Float64 => "DOUBLE".into(),
+        ColumnType::Utf8 => "VARCHAR".into(),
+        ColumnType::TimestampUsUtc => "TIMESTAMP WITH TIME ZONE".into(),
+        ColumnType::List(i) | ColumnType::FixedList(i, _) => format!("{}[]", duckdb_type(i)),
+        ColumnType::Struct(f) => format!(
+            "STRUCT({})",
+            f.iter()
+                .map(|(n, t)| format!("{} {}", sql_ident(n), duckdb_type(t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// `SELECT CAST(NULL AS <type>) AS <col>, ... WHERE false`: zero rows with the
+/// table's columns and types.
+pub fn typed_empty_select(table: Table) -> String {
+    let cols: Vec<String> = table
+        .schema()
+        .columns
+        .iter()
+        .map(|c| format!("CAST(NULL AS {}) AS {}", duckdb_type(&c.ty), sql_ident(&c.name)))
+        .collect();
+    format!("SELECT {} WHERE false", cols.join(", "))
 }
 
 /// Every view statement, with the origin to name in errors.
@@ -147,8 +200,9 @@ pub fn publish(root: &Path, may_publish: bool) -> Result<bool> {
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_file(&tmp_wal);
     let build = || -> Result<()> {
-        let conn = Connection::open_with_flags(&tmp, config(false).map_err(|e| duck_err(root, "DuckDB config", e))?)
-            .map_err(|e| duck_err(&tmp, "creating the catalog", e))?;
+        let conn =
+            Connection::open_with_flags(&tmp, config(false).map_err(|e| duck_err(root, "DuckDB config", e))?)
+                .map_err(|e| duck_err(&tmp, "creating the catalog", e))?;
         create_views(&conn, root)?;
         conn.execute_batch("CHECKPOINT;").map_err(|e| duck_err(&tmp, "checkpoint", e))?;
         conn.close().map_err(|(_, e)| duck_err(&tmp, "closing the catalog", e))
@@ -169,8 +223,9 @@ pub fn publish(root: &Path, may_publish: bool) -> Result<bool> {
 /// An in-memory DuckDB connection with the store's views: what `diffbragg sql`
 /// queries, so it never contends for the catalog file's lock.
 pub fn connect_in_memory(root: &Path) -> Result<Connection> {
-    let conn = Connection::open_in_memory_with_flags(config(false).map_err(|e| duck_err(root, "DuckDB config", e))?)
-        .map_err(|e| duck_err(root, "opening DuckDB", e))?;
+    let conn =
+        Connection::open_in_memory_with_flags(config(false).map_err(|e| duck_err(root, "DuckDB config", e))?)
+            .map_err(|e| duck_err(root, "opening DuckDB", e))?;
     create_views(&conn, root)?;
     Ok(conn)
 }
@@ -179,7 +234,10 @@ pub fn connect_in_memory(root: &Path) -> Result<Connection> {
 pub fn open_catalog(root: &Path) -> Result<Connection> {
     let cat = catalog_path(root);
     if !cat.is_file() {
-        return Err(Error::file(root, format!("no {CATALOG_FILE}: not a diffbragg store (or never published)")));
+        return Err(Error::file(
+            root,
+            format!("no {CATALOG_FILE}: not a diffbragg store (or never published)"),
+        ));
     }
     Connection::open_with_flags(&cat, config(true).map_err(|e| duck_err(root, "DuckDB config", e))?)
         .map_err(|e| duck_err(&cat, "opening the catalog", e))
@@ -233,7 +291,15 @@ mod tests {
         assert_eq!(sql_ident("x\"y"), "\"x\"\"y\"");
         assert!(check_store_path(Path::new("/tmp/run[1]")).is_err());
         assert!(check_store_path(Path::new("/tmp/it's fine")).is_ok());
-        let s = table_view_sql(Path::new("/tmp/it's"), Table::Traces);
-        assert!(s.contains("'/tmp/it''s/traces/*.parquet'"), "{s}");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("it's");
+        std::fs::create_dir_all(root.join("traces")).unwrap();
+        // No schema file yet: the typed empty SELECT.
+        let s = table_view_sql(&root, Table::Traces);
+        assert!(s.contains("CAST(NULL AS BIGINT) AS \"shot_id\"") && s.ends_with("WHERE false;"), "{s}");
+        std::fs::write(root.join("traces").join(SCHEMA_FILE), b"").unwrap();
+        let s = table_view_sql(&root, Table::Traces);
+        let want = format!("'{}/traces/*.parquet'", root.display().to_string().replace('\'', "''"));
+        assert!(s.contains(&want), "{s}");
     }
 }

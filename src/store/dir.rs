@@ -120,10 +120,16 @@ impl Store {
         }
         let start = match self.next_part.get(&table) {
             Some(&p) => p,
-            None => self.shards(table)?.iter().filter_map(|(r, p, _)| (*r == self.rank).then_some(p + 1)).max().unwrap_or(0),
+            None => self
+                .shards(table)?
+                .iter()
+                .filter_map(|(r, p, _)| (*r == self.rank).then_some(p + 1))
+                .max()
+                .unwrap_or(0),
         };
         let rank = self.rank;
-        let (path, part) = write_new(|k| dir.join(shard_name(rank, k)), start, |w| write_batches(table, batches, w))?;
+        let (path, part) =
+            write_new(|k| dir.join(shard_name(rank, k)), start, |w| write_batches(table, batches, w))?;
         self.next_part.insert(table, part + 1);
         self.publish()?;
         Ok(Some(path))
@@ -165,7 +171,12 @@ impl Store {
     }
 
     /// Read some columns of `table`.
-    pub fn read_columns(&self, table: Table, columns: &[&str], shots: Option<&BTreeSet<i64>>) -> Result<Vec<RecordBatch>> {
+    pub fn read_columns(
+        &self,
+        table: Table,
+        columns: &[&str],
+        shots: Option<&BTreeSet<i64>>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for (_, _, p) in self.shards(table)? {
             out.extend(read_shard(table, &p, Some(columns), shots)?);
@@ -223,7 +234,10 @@ fn ensure_schema_file(root: &Path, table: Table) -> Result<()> {
                 if v > table.version() {
                     return Err(Error::file(
                         &path,
-                        format!("store written with `{table}` schema version {v}, newer than this program's {}", table.version()),
+                        format!(
+                            "store written with `{table}` schema version {v}, newer than this program's {}",
+                            table.version()
+                        ),
                     ));
                 }
             }
@@ -242,7 +256,14 @@ mod tests {
     fn shard_names_parse_strictly() {
         assert_eq!(parse_shard_name(&shard_name(3, 12)), Some((3, 12)));
         assert_eq!(parse_shard_name("rank10-00000.parquet"), Some((10, 0)));
-        for bad in ["rank0-00001.parquet.tmp-123", "_schema.parquet", "rank-1.parquet", "rank0-.parquet", "rank0-1a.parquet", "x.parquet"] {
+        for bad in [
+            "rank0-00001.parquet.tmp-123",
+            "_schema.parquet",
+            "rank-1.parquet",
+            "rank0-.parquet",
+            "rank0-1a.parquet",
+            "x.parquet",
+        ] {
             assert_eq!(parse_shard_name(bad), None, "{bad}");
         }
     }

@@ -17,7 +17,7 @@
 //! * Layout: `DIR/<table>/rank<R>-<part>.parquet` (shards, never rewritten),
 //!   `DIR/<table>/_schema.parquet` (zero rows, current schema),
 //!   `DIR/catalog.duckdb`. Every `.parquet` file in a table folder belongs to
-//!   the table; temporary files end in `.tmp-<pid>` and are ignored.
+//!   the table; temporary files end in `.tmp-<pid>-<n>` and are ignored.
 //! * Column names are lower_snake_case, except diffBragg's own pandas names
 //!   kept for familiarity (`Amats`, `rotX`, ..., `I`, `F`); DuckDB matches
 //!   names case-insensitively. DIALS column names have `.` replaced by `_`.

@@ -83,8 +83,9 @@ pub fn write_any<W: std::io::Write + Send>(schema: SchemaRef, batches: &[RecordB
 /// The table name and schema version recorded in a file's metadata.
 pub fn file_identity(path: &Path) -> Result<(Option<String>, Option<u32>)> {
     let f = File::open(path).map_err(|e| crate::error::io_err(path, e))?;
-    let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| Error::file(path, format!("not a Parquet file: {e}")))?;
-    Ok(identity(b.metadata().file_metadata().key_value_metadata(), path)?)
+    let b = ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| Error::file(path, format!("not a Parquet file: {e}")))?;
+    identity(b.metadata().file_metadata().key_value_metadata(), path)
 }
 
 fn identity(kv: Option<&Vec<KeyValue>>, path: &Path) -> Result<(Option<String>, Option<u32>)> {
@@ -111,7 +112,8 @@ pub fn read_shard(
 ) -> Result<Vec<RecordBatch>> {
     let f = File::open(path).map_err(|e| crate::error::io_err(path, e))?;
     let bad = |m: String| Error::file(path, m);
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(format!("not a Parquet file: {e}")))?;
     let (name, version) = identity(builder.metadata().file_metadata().key_value_metadata(), path)?;
     if let Some(n) = &name {
         if n != table.name() {
@@ -121,9 +123,9 @@ pub fn read_shard(
     match version {
         Some(v) if v > table.version() => {
             return Err(bad(format!(
-                "written with `{table}` schema version {v}, newer than this program's {}; use a newer diffbragg",
-                table.version()
-            )))
+            "written with `{table}` schema version {v}, newer than this program's {}; use a newer diffbragg",
+            table.version()
+        )))
         }
         None => return Err(bad(format!("no {META_VERSION} metadata: not written by diffbragg"))),
         _ => {}
@@ -156,7 +158,8 @@ pub fn read_shard(
         let mut b = b.map_err(|e| bad(format!("reading: {e}")))?;
         if let Some(shots) = shots {
             let ids = b.column_by_name("shot_id").expect("projected").as_primitive::<Int64Type>();
-            let keep: BooleanArray = ids.iter().map(|x| Some(x.is_some_and(|x| shots.contains(&x)))).collect();
+            let keep: BooleanArray =
+                ids.iter().map(|x| Some(x.is_some_and(|x| shots.contains(&x)))).collect();
             b = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| bad(e.to_string()))?;
             if b.num_rows() == 0 {
                 continue;
@@ -175,8 +178,9 @@ fn conform(b: &RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBat
     for f in schema.fields() {
         let a = match b.column_by_name(f.name()) {
             Some(a) if a.data_type() == f.data_type() => a.clone(),
-            Some(a) => arrow::compute::cast(a, f.data_type())
-                .map_err(|e| format!("column `{}`: cannot read {} as {}: {e}", f.name(), a.data_type(), f.data_type()))?,
+            Some(a) => arrow::compute::cast(a, f.data_type()).map_err(|e| {
+                format!("column `{}`: cannot read {} as {}: {e}", f.name(), a.data_type(), f.data_type())
+            })?,
             None if f.is_nullable() => new_null_array(f.data_type(), n),
             None => return Err(format!("required column `{}` is missing", f.name())),
         };

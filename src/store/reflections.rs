@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeListArray, Float64Array, Int32Array, Int64Array, StructArray, UInt32Array,
-    UInt64Array,
+    ArrayRef, BooleanArray, FixedSizeListArray, Float64Array, Int32Array, Int64Array, StructArray,
+    UInt32Array, UInt64Array,
 };
 use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::DataType;
@@ -200,11 +200,17 @@ fn convert(c: &ColumnSpec, dials: &str, col: RawColumnRef, rows: &[usize]) -> Re
     fn fixed<const N: usize, T: Copy>(v: &[[T; N]], rows: &[usize]) -> Vec<T> {
         rows.iter().flat_map(|&r| v[r]).collect()
     }
-    fn ints<T: TryFrom<i64>, S: Copy + Into<i128>>(v: &[S], rows: &[usize]) -> std::result::Result<Vec<T>, String> {
+    fn ints<T: TryFrom<i64>, S: Copy + Into<i128>>(
+        v: &[S],
+        rows: &[usize],
+    ) -> std::result::Result<Vec<T>, String> {
         rows.iter()
             .map(|&r| {
                 let x: i128 = v[r].into();
-                i64::try_from(x).ok().and_then(|y| T::try_from(y).ok()).ok_or(format!("row {r}: value {x} out of range"))
+                i64::try_from(x)
+                    .ok()
+                    .and_then(|y| T::try_from(y).ok())
+                    .ok_or(format!("row {r}: value {x} out of range"))
             })
             .collect()
     }
@@ -220,13 +226,25 @@ fn convert(c: &ColumnSpec, dials: &str, col: RawColumnRef, rows: &[usize]) -> Re
         (ColumnType::Bool, RawColumnRef::Bool(v)) => Arc::new(BooleanArray::from(pick(v, rows))),
         (ColumnType::Float64, RawColumnRef::Double(v)) => Arc::new(Float64Array::from(pick(v, rows))),
         (ColumnType::Int32, RawColumnRef::Int(v)) => Arc::new(Int32Array::from(pick(v, rows))),
-        (ColumnType::Int32, RawColumnRef::Size(v)) => Arc::new(Int32Array::from(ints::<i32, u64>(v, rows).map_err(bad)?)),
-        (ColumnType::Int64, RawColumnRef::Int(v)) => Arc::new(Int64Array::from(ints::<i64, i32>(v, rows).map_err(bad)?)),
-        (ColumnType::Int64, RawColumnRef::Size(v)) => Arc::new(Int64Array::from(ints::<i64, u64>(v, rows).map_err(bad)?)),
-        (ColumnType::UInt32, RawColumnRef::Size(v)) => Arc::new(UInt32Array::from(ints::<u32, u64>(v, rows).map_err(bad)?)),
-        (ColumnType::UInt32, RawColumnRef::Int(v)) => Arc::new(UInt32Array::from(ints::<u32, i32>(v, rows).map_err(bad)?)),
+        (ColumnType::Int32, RawColumnRef::Size(v)) => {
+            Arc::new(Int32Array::from(ints::<i32, u64>(v, rows).map_err(bad)?))
+        }
+        (ColumnType::Int64, RawColumnRef::Int(v)) => {
+            Arc::new(Int64Array::from(ints::<i64, i32>(v, rows).map_err(bad)?))
+        }
+        (ColumnType::Int64, RawColumnRef::Size(v)) => {
+            Arc::new(Int64Array::from(ints::<i64, u64>(v, rows).map_err(bad)?))
+        }
+        (ColumnType::UInt32, RawColumnRef::Size(v)) => {
+            Arc::new(UInt32Array::from(ints::<u32, u64>(v, rows).map_err(bad)?))
+        }
+        (ColumnType::UInt32, RawColumnRef::Int(v)) => {
+            Arc::new(UInt32Array::from(ints::<u32, i32>(v, rows).map_err(bad)?))
+        }
         (ColumnType::UInt64, RawColumnRef::Size(v)) => Arc::new(UInt64Array::from(pick(v, rows))),
-        (ColumnType::UInt64, RawColumnRef::Int(v)) => Arc::new(UInt64Array::from(ints::<u64, i32>(v, rows).map_err(bad)?)),
+        (ColumnType::UInt64, RawColumnRef::Int(v)) => {
+            Arc::new(UInt64Array::from(ints::<u64, i32>(v, rows).map_err(bad)?))
+        }
         (ColumnType::FixedList(t, 2), RawColumnRef::Vec2(v)) if **t == ColumnType::Float64 => {
             fixed_list(t, 2, Arc::new(Float64Array::from(fixed(v, rows))))?
         }
@@ -247,7 +265,10 @@ fn convert(c: &ColumnSpec, dials: &str, col: RawColumnRef, rows: &[usize]) -> Re
                 _ => unreachable!(),
             };
             let comp = |k: usize| -> ArrayRef {
-                Arc::new(Int32Array::new(ScalarBuffer::from(rows.iter().map(|&r| v[r][k]).collect::<Vec<_>>()), None))
+                Arc::new(Int32Array::new(
+                    ScalarBuffer::from(rows.iter().map(|&r| v[r][k]).collect::<Vec<_>>()),
+                    None,
+                ))
             };
             Arc::new(StructArray::new(arrow_fields, vec![comp(0), comp(1), comp(2)], None))
         }
@@ -286,7 +307,10 @@ mod tests {
         assert_eq!(ignored, vec!["shoebox".to_string()]);
         let col = |n: &str| b.column_by_name(n).unwrap().clone();
         assert_eq!(col("refl_id").as_primitive::<Int32Type>().values().as_ref(), &[0, 1]);
-        assert_eq!(col("source_row").as_primitive::<arrow::datatypes::Int64Type>().values().as_ref(), &[0, 2]);
+        assert_eq!(
+            col("source_row").as_primitive::<arrow::datatypes::Int64Type>().values().as_ref(),
+            &[0, 2]
+        );
         assert_eq!(col("panel").as_primitive::<UInt32Type>().values().as_ref(), &[3, 5]);
         assert_eq!(col("flags").as_primitive::<UInt64Type>().values().as_ref(), &[32, 1 << 40]);
         let hkl = col("miller_index");
@@ -316,7 +340,10 @@ mod tests {
 
         let mut t = table();
         t.columns.remove("panel");
-        assert!(reflections_batch(1, &t, &[0]).unwrap_err().to_string().contains("required DIALS column `panel`"));
+        assert!(reflections_batch(1, &t, &[0])
+            .unwrap_err()
+            .to_string()
+            .contains("required DIALS column `panel`"));
 
         let mut t = table();
         t.columns.insert("d".into(), RawColumn::Double(vec![1.0]));

@@ -62,7 +62,8 @@ impl ExperimentRow {
     ) -> Result<ExperimentRow> {
         let at = |m: &str| Error::record(exp_name, format!("experiment {exp_idx}"), m.to_string());
         let exp_idx = i32::try_from(exp_idx).map_err(|_| at("experiment index exceeds int32"))?;
-        let a = reciprocal_from_real(&crystal.real).ok_or_else(|| at("crystal lattice vectors are degenerate"))?;
+        let a = reciprocal_from_real(&crystal.real)
+            .ok_or_else(|| at("crystal lattice vectors are degenerate"))?;
         let p0 = detector.panels.first();
         let v3 = |v: &crate::conventions::Vec3| [v.x, v.y, v.z];
         Ok(ExperimentRow {
@@ -290,7 +291,15 @@ mod tests {
         assert!(SpectrumRow::from_spectrum(4, &Spectrum::new(vec![1.0], vec![f64::NAN])).is_err());
 
         let mut b = BatchBuilder::new(Table::Traces);
-        let t = TraceRow { shot_id: None, stage: "stage2".into(), eval: 0, f: 1.0, sigz: Some(1.1), grad_norm: None, time: 0.1 };
+        let t = TraceRow {
+            shot_id: None,
+            stage: "stage2".into(),
+            eval: 0,
+            f: 1.0,
+            sigz: Some(1.1),
+            grad_norm: None,
+            time: 0.1,
+        };
         b.append_row(&t).unwrap();
         assert_eq!(b.finish().unwrap().column_by_name("shot_id").unwrap().null_count(), 1);
 

@@ -469,7 +469,12 @@ pub fn schema_difference(expected: &Schema, got: &Schema) -> Option<String> {
             return Some(format!("expected column `{}`, got `{}`", e.name(), g.name()));
         }
         if !types_match(e.data_type(), g.data_type()) {
-            return Some(format!("column `{}`: expected type {}, got {}", e.name(), e.data_type(), g.data_type()));
+            return Some(format!(
+                "column `{}`: expected type {}, got {}",
+                e.name(),
+                e.data_type(),
+                g.data_type()
+            ));
         }
         if e.is_nullable() != g.is_nullable() {
             return Some(format!("column `{}`: nullability differs", e.name()));
@@ -490,7 +495,9 @@ fn types_match(a: &DataType, b: &DataType) -> bool {
         (DataType::Struct(x), DataType::Struct(y)) => {
             x.len() == y.len()
                 && x.iter().zip(y.iter()).all(|(p, q)| {
-                    p.name() == q.name() && p.is_nullable() == q.is_nullable() && types_match(p.data_type(), q.data_type())
+                    p.name() == q.name()
+                        && p.is_nullable() == q.is_nullable()
+                        && types_match(p.data_type(), q.data_type())
                 })
         }
         _ => a == b,
@@ -545,7 +552,11 @@ mod tests {
         assert_eq!(on_disk, embedded);
         for t in Table::ALL {
             let (origin, text) = t.schema_source();
-            assert_eq!(std::fs::read_to_string(dir.join(format!("{}.json", t.name()))).unwrap(), text, "{origin}");
+            assert_eq!(
+                std::fs::read_to_string(dir.join(format!("{}.json", t.name()))).unwrap(),
+                text,
+                "{origin}"
+            );
         }
     }
 
@@ -569,7 +580,17 @@ mod tests {
             ColumnType::parse("timestamp_us_utc").unwrap().to_arrow(),
             D::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
         );
-        for bad in ["", "int128", "list<utf8>", "list<list<int8>>", "fixed_list<float64,0>", "fixed_list<float64>", "struct<h int32>", "struct<h:int32,h:int32>", "list<float64"] {
+        for bad in [
+            "",
+            "int128",
+            "list<utf8>",
+            "list<list<int8>>",
+            "fixed_list<float64,0>",
+            "fixed_list<float64>",
+            "struct<h int32>",
+            "struct<h:int32,h:int32>",
+            "list<float64",
+        ] {
             assert!(ColumnType::parse(bad).is_err(), "{bad}");
         }
     }

@@ -60,16 +60,23 @@ mod tests {
 
     #[test]
     fn matches_an_independent_python_hashlib_computation() {
-        let cases = [("/data/run12/refined.expt", 0usize), ("/data/run12/refined.expt", 7), ("/x/é ü.expt", 123)];
+        let cases =
+            [("/data/run12/refined.expt", 0usize), ("/data/run12/refined.expt", 7), ("/x/é ü.expt", 123)];
         let script = "import hashlib,sys\n\
             for a in sys.argv[1:]:\n\
             \tp,i=a.rsplit('|',1)\n\
             \td=hashlib.sha256(p.encode()+b'\\0'+i.encode()).digest()\n\
             \tprint(int.from_bytes(d[:8],'big') & (2**63-1))\n";
         let args: Vec<String> = cases.iter().map(|(p, i)| format!("{p}|{i}")).collect();
-        let out = std::process::Command::new("python3").arg("-c").arg(script).args(&args).output().expect("python3");
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(&args)
+            .output()
+            .expect("python3");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let want: Vec<i64> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+        let want: Vec<i64> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
         let got: Vec<i64> = cases.iter().map(|(p, i)| shot_id_from_canonical(Path::new(p), *i)).collect();
         assert_eq!(got, want);
         assert!(got.iter().all(|&x| x >= 0));
