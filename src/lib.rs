@@ -22,5 +22,6 @@ pub mod refine;
 pub mod image;
 pub mod spectrum;
 pub mod symmetry;
+pub mod store;
 #[doc(hidden)]
 pub mod testutil;

@@ -5,6 +5,7 @@
 //! calls the library.
 
 pub mod config;
+pub mod sql;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ pub enum Command {
     Info,
     /// Inspect configuration: effective values of phil files, or one parameter's documentation.
     Config(config::ConfigArgs),
+    /// Run one SQL query over a store's tables and views.
+    Sql(sql::SqlArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -31,5 +34,6 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config(args) => config::run(args),
+        Command::Sql(args) => sql::run(args),
     }
 }
