@@ -20,6 +20,7 @@ pub mod io;
 pub mod reflections;
 pub mod refine;
 pub mod image;
+pub mod import;
 pub mod spectrum;
 pub mod symmetry;
 pub mod store;

@@ -5,6 +5,7 @@
 //! calls the library.
 
 pub mod config;
+pub mod import;
 pub mod sql;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ pub enum Command {
     Info,
     /// Inspect configuration: effective values of phil files, or one parameter's documentation.
     Config(config::ConfigArgs),
+    /// Import DIALS experiments and reflections (and .lam spectra) into a store's tables.
+    Import(import::ImportArgs),
     /// Run one SQL query over a store's tables and views.
     Sql(sql::SqlArgs),
 }
@@ -34,6 +37,7 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config(args) => config::run(args),
+        Command::Import(args) => import::run(args),
         Command::Sql(args) => sql::run(args),
     }
 }
