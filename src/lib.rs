@@ -12,6 +12,9 @@ pub mod conventions;
 pub mod crystal;
 pub mod error;
 pub mod geometry;
+pub mod io;
+pub mod kernel;
 pub mod spectrum;
+pub mod ucell;
 #[doc(hidden)]
 pub mod testutil;

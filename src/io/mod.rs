@@ -1,0 +1,2 @@
+//! File readers and writers, one format per module.
+pub mod hkl_text;

@@ -1,0 +1,424 @@
+//! A shot with every per-shot and per-domain quantity hoisted out of the pixel
+//! loop: lab-frame panel frames (after the refined shifts and rotations),
+//! per-domain index matrices, the flattened (domain × source) step list in
+//! structure-of-arrays form, the N tensor and the derivative plans.
+//!
+//! Step list: index `i = m·N_src + c` (sources vary fastest), padded with
+//! zero-weight steps to a multiple of [`LANES`]. For step i,
+//! `h = Ms_i·(k̂ − ŝ0)` with `Ms_i = A_real(m)ᵀ/λ'_c`, because every source
+//! shares the beam direction (no divergence), so `q = (k̂ − ŝ0)/λ'_c`.
+
+use super::fhkl::{FhklTable, SlotLut};
+use super::model::LatticeShape;
+use super::mosaic::generate_umats;
+use super::shot::{MosaicSpec, Param, ShotModel};
+use crate::conventions::{
+    axis_angle, daxis_angle, drot_x, drot_y, drot_z, rot_x, rot_y, rot_z, Mat3, Vec3, R_E_SQR_M2,
+};
+use crate::error::{Error, Result};
+
+/// Steps processed together in the inner loop (8 doubles = one AVX-512 register).
+pub const LANES: usize = 8;
+
+/// Per-(ASU, channel) structure-factor intensity scales `s[a + c·n_asu]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FhklScales {
+    pub n_channels: usize,
+    pub values: Vec<f64>,
+}
+
+impl FhklScales {
+    /// All ones.
+    pub fn ones(n_asu: usize, n_channels: usize) -> FhklScales {
+        FhklScales { n_channels, values: vec![1.0; n_asu * n_channels] }
+    }
+}
+
+/// A panel as the pixel loop needs it.
+#[derive(Clone, Debug)]
+pub(crate) struct PanelPre {
+    pub origin: Vec3,
+    pub fast: Vec3,
+    pub slow: Vec3,
+    /// Outward unit normal (away from the sample).
+    pub normal: Vec3,
+    pub px: [f64; 2],
+    pub n: [usize; 2],
+    pub area: f64,
+    /// Layers, layer thickness (mm), attenuation length (mm); `absorbs` false → one layer, capture 1.
+    pub layers: usize,
+    pub dz: f64,
+    pub att: f64,
+    pub absorbs: bool,
+    /// For rotation j: ∂P/∂ω_j = d[j][0] + F·d[j][1] + S·d[j][2] + depth·d[j][3]; ∂n̂/∂ω_j = d[j][3].
+    pub drot: [[Vec3; 4]; 3],
+}
+
+/// How one requested parameter enters the model.
+#[derive(Clone, Debug)]
+pub(crate) enum PKind {
+    /// Through the index matrices: ∂M_m (per domain).
+    Crystal(Vec<Mat3>),
+    /// N tensor entry: dN and `2·tr(N⁻¹dN)` (0 with no_Nabc_scale).
+    Ncells {
+        dn: Mat3,
+        tr2: f64,
+    },
+    Scale,
+    Lambda0,
+    Lambda1,
+    DetZ,
+    Shift {
+        panel: usize,
+        axis: usize,
+    },
+    Rot {
+        panel: usize,
+        axis: usize,
+    },
+}
+
+/// A shot ready for the pixel loops. Borrow the structure-factor table.
+pub struct PreparedShot<'a> {
+    pub(crate) fhkl: &'a FhklTable,
+    pub(crate) lut: SlotLut,
+    /// `(n_asu + 1)·n_chan` scales, the extra "no ASU" slot of each channel = 1.
+    pub(crate) scale_ext: Option<Vec<f64>>,
+    pub(crate) n_asu: usize,
+    pub(crate) n_chan: usize,
+    pub(crate) panels: Vec<PanelPre>,
+    pub(crate) inc: Vec3,
+    pub(crate) pol_e: Vec3,
+    pub(crate) pol_b: Vec3,
+    pub(crate) kahn: f64,
+    pub(crate) polarize: bool,
+    /// r_e²·Φ·G·det(N)²/(N_mos·os²) (det² only for the Gaussian fast path).
+    pub(crate) pref: f64,
+    /// Same without G (for ∂/∂G).
+    pub(crate) pref_no_g: f64,
+    pub(crate) os: usize,
+    pub(crate) point_pixel: bool,
+    pub(crate) shape: LatticeShape,
+    /// N row-major, whether it is diagonal, det(N) (1 with no_Nabc_scale) and the diagonal.
+    pub(crate) nm: [f64; 9],
+    pub(crate) n_diag_only: bool,
+    pub(crate) det_n: f64,
+    pub(crate) n_diag: [f64; 3],
+    pub(crate) n_src: usize,
+    pub(crate) n_dom: usize,
+    pub(crate) n_pad: usize,
+    /// `Ms_i` row-major, one array per entry.
+    pub(crate) ms: [Vec<f64>; 9],
+    pub(crate) w: Vec<f64>,
+    /// 1/λ'_c per step.
+    pub(crate) s: Vec<f64>,
+    /// Uncorrected source wavelength λ_c per step (for ∂/∂λ1).
+    pub(crate) lam: Vec<f64>,
+    pub(crate) chan: Vec<u32>,
+    pub(crate) dom: Vec<u32>,
+    /// `A_real(m)ᵀ` per domain (for the detector derivatives).
+    pub(crate) m_dom: Vec<Mat3>,
+    pub(crate) params: Vec<Param>,
+    pub(crate) kinds: Vec<PKind>,
+    pub(crate) want_h: bool,
+    pub(crate) want_n: bool,
+    pub(crate) want_lambda: bool,
+}
+
+impl<'a> PreparedShot<'a> {
+    /// Validate `model` and hoist everything. `params`: the derivatives that
+    /// [`Self::forward_with_derivs`](super::cpu) will return (may be empty).
+    /// `scales`: per-(ASU, channel) |F|² scales, needed for the Fhkl gradient.
+    pub fn new(
+        model: &ShotModel,
+        fhkl: &'a FhklTable,
+        scales: Option<&FhklScales>,
+        params: &[Param],
+    ) -> Result<PreparedShot<'a>> {
+        model.validate()?;
+        let c = &model.crystal;
+        let n_asu = fhkl.n_asu();
+        let (scale_ext, n_chan) = match scales {
+            None => (None, 1),
+            Some(sc) => {
+                if sc.n_channels == 0 || sc.values.len() != n_asu * sc.n_channels {
+                    return Err(Error::param(
+                        "fhkl_scales",
+                        format!(
+                            "{} values for {} ASU ids × {} channels",
+                            sc.values.len(),
+                            n_asu,
+                            sc.n_channels
+                        ),
+                    ));
+                }
+                if let Some(i) = sc.values.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::param(format!("fhkl_scales[{i}]"), "not finite"));
+                }
+                let mut ext = Vec::with_capacity((n_asu + 1) * sc.n_channels);
+                for ch in 0..sc.n_channels {
+                    ext.extend_from_slice(&sc.values[ch * n_asu..(ch + 1) * n_asu]);
+                    ext.push(1.0);
+                }
+                (Some(ext), sc.n_channels)
+            }
+        };
+        if let Some((i, s)) = model.sources.iter().enumerate().find(|(_, s)| s.channel as usize >= n_chan) {
+            return Err(Error::param(
+                format!("sources[{i}].channel"),
+                format!("channel {} but only {n_chan} Fhkl channel(s)", s.channel),
+            ));
+        }
+
+        // Mosaic domains.
+        let (umats, d_umats) = match &c.mosaic {
+            MosaicSpec::Single => (vec![Mat3::identity()], vec![]),
+            MosaicSpec::Explicit(v) => (v.clone(), vec![]),
+            MosaicSpec::Generated { n_domains, eta, axes } => {
+                let d = generate_umats(*n_domains, eta, axes)?;
+                (d.umats, d.d_umats)
+            }
+        };
+        let n_dom = umats.len();
+
+        // Crystal matrices: A_m = Umos_m·Rx·Ry·Rz·U·B·Oᵀ, M_m = A_mᵀ.
+        let [rx, ry, rz] = c.rot_xyz;
+        let (mx, my, mz) = (rot_x(rx), rot_y(ry), rot_z(rz));
+        let rxyz = mx * my * mz;
+        let b_real = c.ucell.b_real();
+        let ot = c.o_matrix.transpose();
+        let t = c.u * b_real * ot;
+        let m_dom: Vec<Mat3> = umats.iter().map(|um| (um * rxyz * t).transpose()).collect();
+
+        // Sources, weights normalised to sum 1.
+        let wsum: f64 = model.sources.iter().map(|s| s.weight).sum();
+        let n_src = model.sources.len();
+        let n_flat = n_src * n_dom;
+        let n_pad = n_flat.div_ceil(LANES) * LANES;
+        let mut ms: [Vec<f64>; 9] = std::array::from_fn(|_| vec![0.0; n_pad]);
+        let mut w = vec![0.0; n_pad];
+        let mut s = vec![1.0; n_pad];
+        let mut lam = vec![1.0; n_pad];
+        let mut chan = vec![0u32; n_pad];
+        let mut dom = vec![0u32; n_pad];
+        for (m, mm) in m_dom.iter().enumerate() {
+            for (ci, src) in model.sources.iter().enumerate() {
+                let i = m * n_src + ci;
+                let inv = 1.0 / (model.lambda_coef[0] + model.lambda_coef[1] * src.wavelength);
+                for r in 0..3 {
+                    for k in 0..3 {
+                        ms[3 * r + k][i] = mm[(r, k)] * inv;
+                    }
+                }
+                w[i] = src.weight / wsum;
+                s[i] = inv;
+                lam[i] = src.wavelength;
+                chan[i] = src.channel;
+                dom[i] = m as u32;
+            }
+        }
+
+        // N tensor.
+        let n = c.n_matrix();
+        let det = n.determinant();
+        let det_n = if c.no_nabc_scale { 1.0 } else { det };
+        let n_inv = n.try_inverse().ok_or_else(|| Error::param("ncells", "N is singular"))?;
+        let nm = [
+            n[(0, 0)],
+            n[(0, 1)],
+            n[(0, 2)],
+            n[(1, 0)],
+            n[(1, 1)],
+            n[(1, 2)],
+            n[(2, 0)],
+            n[(2, 1)],
+            n[(2, 2)],
+        ];
+        let n_diag_only = c.ncells[3] == 0.0 && c.ncells[4] == 0.0 && c.ncells[5] == 0.0;
+
+        // Panels (with shifts and rotations) and the beam.
+        let sh = &model.shifts;
+        let inc = model.beam.unit_s0();
+        let mut panels = Vec::with_capacity(model.detector.panels.len());
+        for (pi, p) in model.detector.panels.iter().enumerate() {
+            let n0 = p.outward_normal();
+            let centre = sh.panel_rot_centre.get(pi).copied().unwrap_or_else(|| {
+                p.pixel_to_lab(p.image_size[0] as f64 / 2.0, p.image_size[1] as f64 / 2.0)
+            });
+            let w3 = sh.panel_rot.get(pi).copied().unwrap_or([0.0; 3]);
+            let axes = [n0, p.fast, p.slow];
+            let r: [Mat3; 3] = std::array::from_fn(|j| axis_angle(&axes[j], w3[j]));
+            let dr: [Mat3; 3] = std::array::from_fn(|j| daxis_angle(&axes[j], w3[j]));
+            let rp = r[0] * r[1] * r[2];
+            let drp = [dr[0] * r[1] * r[2], r[0] * dr[1] * r[2], r[0] * r[1] * dr[2]];
+            let shift =
+                sh.panel_shift.get(pi).copied().unwrap_or_else(Vec3::zeros) + Vec3::z() * sh.detz_shift;
+            let o0 = p.origin - centre;
+            let absorbs = p.thickness > 0.0 && p.mu > 0.0;
+            let layers = if absorbs { model.thickness_layers } else { 1 };
+            panels.push(PanelPre {
+                origin: centre + rp * o0 + shift,
+                fast: rp * p.fast,
+                slow: rp * p.slow,
+                normal: rp * n0,
+                px: p.pixel_size,
+                n: p.image_size,
+                area: p.pixel_size[0] * p.pixel_size[1],
+                layers,
+                dz: if absorbs { p.thickness / layers as f64 } else { 0.0 },
+                att: if absorbs { 1.0 / p.mu } else { 0.0 },
+                absorbs,
+                drot: std::array::from_fn(|j| [drp[j] * o0, drp[j] * p.fast, drp[j] * p.slow, drp[j] * n0]),
+            });
+        }
+        let (pol_e, pol_b) = if model.polarization {
+            let e = model.beam.polarization_axis();
+            // Make E exactly ⟂ to the beam, then B = inc × E.
+            let e = (e - inc * inc.dot(&e)).normalize();
+            (e, inc.cross(&e))
+        } else {
+            (Vec3::x(), Vec3::y())
+        };
+
+        let os = model.oversample;
+        let gauss = c.shape == LatticeShape::Gauss;
+        let pref_no_g = R_E_SQR_M2 * model.fluence * if gauss { det_n * det_n } else { 1.0 }
+            / (n_dom as f64 * (os * os) as f64);
+
+        // Derivative plans.
+        if !params.is_empty() && !gauss {
+            return Err(Error::param(
+                "lattice_shape",
+                format!("derivatives are implemented for the Gaussian shape only, not {:?}", c.shape),
+            ));
+        }
+        let n_panels = panels.len();
+        let mut kinds = Vec::with_capacity(params.len());
+        for p in params {
+            let per_dom =
+                |f: &dyn Fn(usize) -> Mat3| -> Vec<Mat3> { (0..n_dom).map(|m| f(m).transpose()).collect() };
+            let k = match *p {
+                Param::RotX => PKind::Crystal(per_dom(&|m| umats[m] * drot_x(rx) * my * mz * t)),
+                Param::RotY => PKind::Crystal(per_dom(&|m| umats[m] * mx * drot_y(ry) * mz * t)),
+                Param::RotZ => PKind::Crystal(per_dom(&|m| umats[m] * mx * my * drot_z(rz) * t)),
+                Param::Ucell(i) => {
+                    let db = c.ucell.d_b_real();
+                    let Some(dbi) = db.get(i) else {
+                        return Err(Error::param(
+                            p.name(),
+                            format!("{:?} has {} cell parameters", c.ucell.system, db.len()),
+                        ));
+                    };
+                    let x = c.u * dbi * ot;
+                    PKind::Crystal(per_dom(&|m| umats[m] * rxyz * x))
+                }
+                Param::Eta(j) => {
+                    let Some(du) = d_umats.get(j) else {
+                        return Err(Error::param(
+                            p.name(),
+                            "η derivatives need generated mosaic domains with that many η parameters",
+                        ));
+                    };
+                    PKind::Crystal(per_dom(&|m| du[m] * rxyz * t))
+                }
+                Param::Ncells(np) => {
+                    let dn = np.dn();
+                    let tr2 = if c.no_nabc_scale { 0.0 } else { 2.0 * (n_inv * dn).trace() };
+                    PKind::Ncells { dn, tr2 }
+                }
+                Param::Scale => PKind::Scale,
+                Param::LambdaOffset => PKind::Lambda0,
+                Param::LambdaScale => PKind::Lambda1,
+                Param::DetzShift => PKind::DetZ,
+                Param::PanelShift { panel, axis } | Param::PanelRot { panel, axis } => {
+                    if panel >= n_panels || axis > 2 {
+                        return Err(Error::param(
+                            p.name(),
+                            format!("panel {panel}/axis {axis} out of range"),
+                        ));
+                    }
+                    if matches!(p, Param::PanelShift { .. }) {
+                        PKind::Shift { panel, axis }
+                    } else {
+                        PKind::Rot { panel, axis }
+                    }
+                }
+            };
+            kinds.push(k);
+        }
+        let want_h = kinds
+            .iter()
+            .any(|k| matches!(k, PKind::Crystal(_) | PKind::DetZ | PKind::Shift { .. } | PKind::Rot { .. }));
+        let want_n = kinds.iter().any(|k| matches!(k, PKind::Ncells { .. }));
+        let want_lambda = kinds.iter().any(|k| matches!(k, PKind::Lambda0 | PKind::Lambda1));
+
+        Ok(PreparedShot {
+            fhkl,
+            lut: fhkl.slot_lut(),
+            scale_ext,
+            n_asu,
+            n_chan,
+            panels,
+            inc,
+            pol_e,
+            pol_b,
+            kahn: model.beam.kahn_factor(),
+            polarize: model.polarization,
+            pref: pref_no_g * model.scale,
+            pref_no_g,
+            os,
+            point_pixel: model.point_pixel,
+            shape: c.shape,
+            nm,
+            n_diag_only,
+            det_n,
+            n_diag: [nm[0], nm[4], nm[8]],
+            n_src,
+            n_dom,
+            n_pad,
+            ms,
+            w,
+            s,
+            lam,
+            chan,
+            dom,
+            m_dom,
+            params: params.to_vec(),
+            kinds,
+            want_h,
+            want_n,
+            want_lambda,
+        })
+    }
+
+    /// The requested derivative parameters, in output-row order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Steps per pixel (sub-pixels × layers × sources × domains) on panel `p`.
+    pub fn steps_per_pixel(&self, panel: usize) -> usize {
+        self.os * self.os * self.panels[panel].layers * self.n_src * self.n_dom
+    }
+
+    pub fn n_domains(&self) -> usize {
+        self.n_dom
+    }
+
+    pub fn n_sources(&self) -> usize {
+        self.n_src
+    }
+
+    /// Number of Fhkl channels (1 without scales).
+    pub fn n_channels(&self) -> usize {
+        self.n_chan
+    }
+
+    pub fn n_panels(&self) -> usize {
+        self.panels.len()
+    }
+
+    pub(crate) fn panel_dims(&self, p: usize) -> [usize; 2] {
+        self.panels[p].n
+    }
+}
