@@ -163,7 +163,9 @@ impl<'a> PreparedShot<'a> {
                 (Some(ext), sc.n_channels)
             }
         };
-        if let Some((i, s)) = model.sources.iter().enumerate().find(|(_, s)| s.channel as usize >= n_chan) {
+        // Channel ids matter only with scales; without them every source reads channel 0.
+        let chan_of = |s: &super::shot::Source| if scales.is_some() { s.channel } else { 0 };
+        if let Some((i, s)) = model.sources.iter().enumerate().find(|(_, s)| chan_of(s) as usize >= n_chan) {
             return Err(Error::param(
                 format!("sources[{i}].channel"),
                 format!("channel {} but only {n_chan} Fhkl channel(s)", s.channel),
@@ -213,7 +215,7 @@ impl<'a> PreparedShot<'a> {
                 w[i] = src.weight / wsum;
                 s[i] = inv;
                 lam[i] = src.wavelength;
-                chan[i] = src.channel;
+                chan[i] = chan_of(src);
                 dom[i] = m as u32;
             }
         }
