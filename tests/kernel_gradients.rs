@@ -391,3 +391,42 @@ fn fhkl_scale_gradient_matches_finite_differences_and_dense_weights() {
         assert!((x - y).abs() <= 1e-13 * y.abs());
     }
 }
+
+/// The vector paths (AVX2, AVX-512) fuse multiply-adds and must agree with
+/// each other bit for bit; the portable path does not fuse, so it agrees to
+/// rounding (1e-12 relative).
+#[test]
+fn every_instruction_set_gives_the_same_results() {
+    use diffbragg::kernel::SimdLevel;
+    let o =
+        Opts { n_domains: 4, eta: Eta::Iso(0.05), oversample: 2, off_diagonal_n: true, ..Default::default() };
+    let (m, fhkl) = random_shot(0xF0F, &o);
+    let pixels = signal_pixels(&m, &fhkl, 300);
+    let params = Param::stage1_defaults(&m.crystal);
+    let mut shot = PreparedShot::new(&m, &fhkl, None, &params).unwrap();
+    shot.set_simd(SimdLevel::Generic).unwrap();
+    let generic = shot.forward_with_derivs(&pixels).unwrap();
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        let max = b.iter().fold(0.0f64, |x, y| x.max(y.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * max, "{what}: {x} vs {y}");
+        }
+    };
+    let mut vector: Vec<diffbragg::kernel::KernelOutput> = vec![];
+    for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+        if shot.set_simd(level).is_err() {
+            continue;
+        }
+        let got = shot.forward_with_derivs(&pixels).unwrap();
+        close(&got.values, &generic.values, "values");
+        for (k, row) in got.derivs.iter().enumerate() {
+            close(row, &generic.derivs[k], &params[k].name());
+        }
+        if let Some(first) = vector.first() {
+            assert_eq!(got.values, first.values, "{level:?} values differ from AVX2");
+            assert_eq!(got.derivs, first.derivs, "{level:?} derivatives differ from AVX2");
+        }
+        vector.push(got);
+    }
+    eprintln!("compared {} vector instruction sets with the portable loop", vector.len());
+}

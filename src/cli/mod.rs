@@ -6,6 +6,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+
 #[derive(Parser, Debug)]
 #[command(name = "diffbragg", version, about = "Pixel-level refinement of XFEL still shots")]
 pub struct Cli {
@@ -17,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Print version and build information.
     Info,
+    /// Benchmarks (`bench kernel`).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -26,5 +30,6 @@ pub fn run() -> anyhow::Result<()> {
             println!("diffbragg {} (features: mpi={})", env!("CARGO_PKG_VERSION"), cfg!(feature = "mpi"));
             Ok(())
         }
+        Command::Bench(a) => bench::run(a),
     }
 }

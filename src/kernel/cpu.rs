@@ -13,11 +13,11 @@
 
 use super::fhkl::FhklTable;
 use super::model::{
-    capture_fraction, exp_neg, lattice_intensity, polarization, polarization_grad, round_miller_f,
-    LatticeShape, GAUSS_C, GAUSS_CUTOFF,
+    capture_fraction, exp_neg_with, lattice_intensity, madd, polarization, polarization_grad, round_miller_f,
+    round_miller_with, LatticeShape, GAUSS_C, GAUSS_CUTOFF,
 };
 use super::pixels::{validate_pixels, Pixel};
-use super::prepared::{PKind, PanelPre, PreparedShot, LANES};
+use super::prepared::{PKind, PanelPre, PreparedShot, SimdLevel, LANES};
 use crate::conventions::Vec3;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -41,24 +41,29 @@ pub struct KernelOutput {
 /// Per sub-pixel accumulators.
 struct SubAcc {
     i: f64,
+    /// H_m per domain.
     h: Vec<[f64; 3]>,
     l0: f64,
     l1: f64,
-    na: [f64; 9],
+    /// Σ J·sym(V⊗Δh): (00, 11, 22, 01+10, 12+21, 02+20).
+    na: [f64; 6],
+    /// Per-step −2C·J·s·(N·V) (x, y, z), reduced into `h`.
+    cw: [Vec<f64>; 3],
 }
 
 impl SubAcc {
-    fn new(n_dom: usize) -> SubAcc {
-        SubAcc { i: 0.0, h: vec![[0.0; 3]; n_dom], l0: 0.0, l1: 0.0, na: [0.0; 9] }
+    fn new(n_dom: usize, n_pad: usize) -> SubAcc {
+        SubAcc {
+            i: 0.0,
+            h: vec![[0.0; 3]; n_dom],
+            l0: 0.0,
+            l1: 0.0,
+            na: [0.0; 6],
+            cw: std::array::from_fn(|_| vec![0.0; n_pad]),
+        }
     }
     fn reset<const MODE: u8>(&mut self) {
         self.i = 0.0;
-        if MODE == GRAD {
-            self.h.iter_mut().for_each(|v| *v = [0.0; 3]);
-            self.l0 = 0.0;
-            self.l1 = 0.0;
-            self.na = [0.0; 9];
-        }
     }
 }
 
@@ -152,7 +157,8 @@ impl<'a> PreparedShot<'a> {
         grad: &mut [f64],
     ) {
         let np = self.params.len();
-        let new_scratch = || Scratch { acc: SubAcc::new(self.n_dom), ds: vec![0.0; np], d: vec![0.0; np] };
+        let new_scratch =
+            || Scratch { acc: SubAcc::new(self.n_dom, self.n_pad), ds: vec![0.0; np], d: vec![0.0; np] };
         match MODE {
             FWD => values.par_chunks_mut(CHUNK).zip(pixels.par_chunks(CHUNK)).for_each(|(vals, pxs)| {
                 let mut sc = new_scratch();
@@ -205,9 +211,65 @@ impl<'a> PreparedShot<'a> {
     }
 
     /// One pixel: returns its value; in GRAD mode fills `sc.d`; in FHKL mode
-    /// adds `wp·∂value/∂s` into `fout`.
-    #[inline(never)]
+    /// adds `wp·∂value/∂s` into `fout`. Dispatches to the instruction set
+    /// chosen for this shot (the maths is identical: no fused multiply-adds).
+    #[inline(always)]
     fn pixel<const MODE: u8, const SCALED: bool, const DIAG: bool>(
+        &self,
+        px: &Pixel,
+        sc: &mut Scratch,
+        wp: f64,
+        fout: &mut [f64],
+    ) -> f64 {
+        match self.simd {
+            // SAFETY: `SimdLevel::detect`/`set_simd` only select a level the CPU supports.
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => unsafe { self.pixel_avx512::<MODE, SCALED, DIAG>(px, sc, wp, fout) },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => unsafe { self.pixel_avx2::<MODE, SCALED, DIAG>(px, sc, wp, fout) },
+            _ => self.pixel_generic::<MODE, SCALED, DIAG>(px, sc, wp, fout),
+        }
+    }
+
+    #[inline(never)]
+    fn pixel_generic<const MODE: u8, const SCALED: bool, const DIAG: bool>(
+        &self,
+        px: &Pixel,
+        sc: &mut Scratch,
+        wp: f64,
+        fout: &mut [f64],
+    ) -> f64 {
+        self.pixel_body::<MODE, SCALED, DIAG, false>(px, sc, wp, fout)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    unsafe fn pixel_avx2<const MODE: u8, const SCALED: bool, const DIAG: bool>(
+        &self,
+        px: &Pixel,
+        sc: &mut Scratch,
+        wp: f64,
+        fout: &mut [f64],
+    ) -> f64 {
+        self.pixel_body::<MODE, SCALED, DIAG, true>(px, sc, wp, fout)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    #[inline(never)]
+    unsafe fn pixel_avx512<const MODE: u8, const SCALED: bool, const DIAG: bool>(
+        &self,
+        px: &Pixel,
+        sc: &mut Scratch,
+        wp: f64,
+        fout: &mut [f64],
+    ) -> f64 {
+        self.pixel_body::<MODE, SCALED, DIAG, true>(px, sc, wp, fout)
+    }
+
+    #[inline(always)]
+    fn pixel_body<const MODE: u8, const SCALED: bool, const DIAG: bool, const FAST: bool>(
         &self,
         px: &Pixel,
         sc: &mut Scratch,
@@ -255,7 +317,7 @@ impl<'a> PreparedShot<'a> {
                     let u = [k.x - self.inc.x, k.y - self.inc.y, k.z - self.inc.z];
                     sc.acc.reset::<MODE>();
                     if self.shape == LatticeShape::Gauss {
-                        self.steps_gauss::<MODE, SCALED, DIAG>(u, &mut sc.acc, fout, fw_pix * oc);
+                        self.steps_gauss::<MODE, SCALED, DIAG, FAST>(u, &mut sc.acc, fout, fw_pix * oc);
                     } else {
                         self.steps_other::<MODE, SCALED>(u, &mut sc.acc, fout, fw_pix * oc);
                     }
@@ -310,12 +372,13 @@ impl<'a> PreparedShot<'a> {
                     ds[j] += oc * t;
                 }
                 PKind::Ncells { dn, tr2 } => {
-                    let mut c = 0.0;
-                    for a in 0..3 {
-                        for b in 0..3 {
-                            c += dn[(a, b)] * acc.na[3 * a + b];
-                        }
-                    }
+                    let na = &acc.na;
+                    let c = dn[(0, 0)] * na[0]
+                        + dn[(1, 1)] * na[1]
+                        + dn[(2, 2)] * na[2]
+                        + dn[(0, 1)] * na[3]
+                        + dn[(1, 2)] * na[4]
+                        + dn[(0, 2)] * na[5];
                     ds[j] += oc * (tr2 * acc.i - 2.0 * GAUSS_C * c);
                 }
                 PKind::Lambda0 => ds[j] += oc * acc.l0,
@@ -353,9 +416,12 @@ impl<'a> PreparedShot<'a> {
         }
     }
 
-    /// The Gaussian fast path over all steps of one sub-pixel.
+    /// The Gaussian fast path over all steps of one sub-pixel. Each block of
+    /// [`LANES`] steps is two branch-free passes the compiler vectorises: the
+    /// indices, exponent and table slot; then (unless every lane is beyond the
+    /// cutoff) the |F|² gather and the accumulation in per-lane registers.
     #[inline(always)]
-    fn steps_gauss<const MODE: u8, const SCALED: bool, const DIAG: bool>(
+    fn steps_gauss<const MODE: u8, const SCALED: bool, const DIAG: bool, const FAST: bool>(
         &self,
         u: [f64; 3],
         acc: &mut SubAcc,
@@ -365,122 +431,172 @@ impl<'a> PreparedShot<'a> {
         let [u0, u1, u2] = u;
         let nm = self.nm;
         let lut = self.lut;
-        let outside = lut.outside as f64;
         let f2t = self.fhkl.f2_slice();
+        let last = f2t.len() - 1;
         let asu = self.fhkl.asu_slice();
         let sce: &[f64] = self.scale_ext.as_deref().unwrap_or(&[]);
-        let sstride = self.n_asu + 1;
+        let sce_last = sce.len().saturating_sub(1);
+        let sstride = (self.n_asu + 1) as f64;
         let n_asu = self.n_asu;
-        let (want_h, want_l, want_n) = (self.want_h, self.want_lambda, self.want_n);
         let c2 = 2.0 * GAUSS_C;
-        let mut isum = 0.0;
+        let mut isum = [0.0f64; LANES];
+        let mut l0 = [0.0f64; LANES];
+        let mut l1 = [0.0f64; LANES];
+        let mut na = [[0.0f64; LANES]; 6];
+        let [cwx, cwy, cwz] = &mut acc.cw;
         for b in (0..self.n_pad).step_by(LANES) {
             let r = b..b + LANES;
-            let m: [&[f64]; 9] = std::array::from_fn(|k| &self.ms[k][r.clone()]);
+            let blk = &self.blocks[b / LANES];
+            let m = &blk.ms;
             let mut e = [0.0f64; LANES];
             let mut slot = [0.0f64; LANES];
             let mut dh = [[0.0f64; LANES]; 3];
             let mut hv = [[0.0f64; LANES]; 3];
             let mut vv = [[0.0f64; LANES]; 3];
             for l in 0..LANES {
-                let hx = m[0][l] * u0 + m[1][l] * u1 + m[2][l] * u2;
-                let hy = m[3][l] * u0 + m[4][l] * u1 + m[5][l] * u2;
-                let hz = m[6][l] * u0 + m[7][l] * u1 + m[8][l] * u2;
-                let (ax, ay, az) = (round_miller_f(hx), round_miller_f(hy), round_miller_f(hz));
+                let fm = madd::<FAST>;
+                let hx = fm(m[2][l], u2, fm(m[1][l], u1, m[0][l] * u0));
+                let hy = fm(m[5][l], u2, fm(m[4][l], u1, m[3][l] * u0));
+                let hz = fm(m[8][l], u2, fm(m[7][l], u1, m[6][l] * u0));
+                let rm = round_miller_with::<FAST>;
+                let (ax, ay, az) = (rm(hx), rm(hy), rm(hz));
                 let (dx, dy, dz) = (hx - ax, hy - ay, hz - az);
                 let (vx, vy, vz) = if DIAG {
                     (nm[0] * dx, nm[4] * dy, nm[8] * dz)
                 } else {
                     (
-                        nm[0] * dx + nm[1] * dy + nm[2] * dz,
-                        nm[3] * dx + nm[4] * dy + nm[5] * dz,
-                        nm[6] * dx + nm[7] * dy + nm[8] * dz,
+                        fm(nm[2], dz, fm(nm[1], dy, nm[0] * dx)),
+                        fm(nm[5], dz, fm(nm[4], dy, nm[3] * dx)),
+                        fm(nm[8], dz, fm(nm[7], dy, nm[6] * dx)),
                     )
                 };
-                let x = GAUSS_C * (vx * vx + vy * vy + vz * vz);
-                let ex = exp_neg(-x);
+                let x = GAUSS_C * fm(vz, vz, fm(vy, vy, vx * vx));
+                let ex = exp_neg_with::<FAST>(-x);
                 e[l] = if x > GAUSS_CUTOFF { 0.0 } else { ex };
-                let inside = ax >= lut.lo[0]
-                    && ax <= lut.hi[0]
-                    && ay >= lut.lo[1]
-                    && ay <= lut.hi[1]
-                    && az >= lut.lo[2]
-                    && az <= lut.hi[2];
-                let lin = ((ax - lut.lo[0]) * lut.nk + (ay - lut.lo[1])) * lut.nl + (az - lut.lo[2]);
-                slot[l] = if inside { lin } else { outside };
-                if MODE == GRAD {
-                    dh[0][l] = dx;
-                    dh[1][l] = dy;
-                    dh[2][l] = dz;
-                    hv[0][l] = hx;
-                    hv[1][l] = hy;
-                    hv[2][l] = hz;
-                    vv[0][l] = vx;
-                    vv[1][l] = vy;
-                    vv[2][l] = vz;
-                }
+                slot[l] = lut.slot_f(ax, ay, az);
+                dh[0][l] = dx;
+                dh[1][l] = dy;
+                dh[2][l] = dz;
+                hv[0][l] = hx;
+                hv[1][l] = hy;
+                hv[2][l] = hz;
+                vv[0][l] = vx;
+                vv[1][l] = vy;
+                vv[2][l] = vz;
             }
-            if e.iter().fold(0.0, |a: f64, &x| a.max(x)) == 0.0 {
+            // Skip the gather when every lane is beyond the cutoff (e = +0.0 exactly).
+            if e.iter().fold(0u64, |a, x| a | x.to_bits()) == 0 {
+                if MODE == GRAD {
+                    cwx[r.clone()].fill(0.0);
+                    cwy[r.clone()].fill(0.0);
+                    cwz[r].fill(0.0);
+                }
                 continue;
             }
-            for l in 0..LANES {
-                if e[l] == 0.0 {
-                    continue;
-                }
-                let i = b + l;
-                let sl = slot[l] as usize;
-                let f2 = f2t[sl];
-                let base = self.w[i] * f2 * e[l];
-                let j = if SCALED {
-                    base * sce[asu[sl] as usize + self.chan[i] as usize * sstride]
-                } else {
-                    base
-                };
-                isum += j;
-                if MODE == FHKL {
+            if MODE == FHKL {
+                // Scatter-add into the per-(ASU, channel) gradient: one lane at a time.
+                for l in 0..LANES {
+                    let i = b + l;
+                    let sl = slot_index(slot[l]).min(last);
+                    let base = blk.w[l] * f2t[sl] * e[l];
                     let a = asu[sl] as usize;
+                    let ch = self.chan[i] as usize;
+                    isum[l] += base * sce[(a + ch * (n_asu + 1)).min(sce_last)];
                     if a < n_asu {
-                        fout[a + self.chan[i] as usize * n_asu] += fw * base;
+                        fout[a + ch * n_asu] += fw * base;
                     }
                 }
-                if MODE == GRAD {
-                    let (vx, vy, vz) = (vv[0][l], vv[1][l], vv[2][l]);
-                    if want_h || want_l {
-                        let (wx, wy, wz) = if DIAG {
-                            (nm[0] * vx, nm[4] * vy, nm[8] * vz)
-                        } else {
-                            (
-                                nm[0] * vx + nm[1] * vy + nm[2] * vz,
-                                nm[3] * vx + nm[4] * vy + nm[5] * vz,
-                                nm[6] * vx + nm[7] * vy + nm[8] * vz,
-                            )
-                        };
-                        let cj = c2 * j * self.s[i];
-                        if want_h {
-                            let h = &mut acc.h[self.dom[i] as usize];
-                            h[0] -= cj * wx;
-                            h[1] -= cj * wy;
-                            h[2] -= cj * wz;
-                        }
-                        if want_l {
-                            let t = cj * (wx * hv[0][l] + wy * hv[1][l] + wz * hv[2][l]);
-                            acc.l0 += t;
-                            acc.l1 += t * self.lam[i];
-                        }
-                    }
-                    if want_n {
-                        let d = [dh[0][l], dh[1][l], dh[2][l]];
-                        let v = [vx, vy, vz];
-                        for a in 0..3 {
-                            for bb in 0..3 {
-                                acc.na[3 * a + bb] += j * v[a] * d[bb];
-                            }
-                        }
-                    }
+                continue;
+            }
+            // The gather: J = w·|F|²(·s)·e per lane. Neighbouring steps usually hit
+            // the same reflection, so one load serves the block when all slots agree.
+            let w = &blk.w;
+            let mut j = [0.0f64; LANES];
+            let same = slot.iter().fold(true, |a, &x| a & (x == slot[0]));
+            if same && !SCALED {
+                let f2 = f2t[slot_index(slot[0]).min(last)];
+                for l in 0..LANES {
+                    j[l] = w[l] * f2 * e[l];
+                }
+            } else {
+                for l in 0..LANES {
+                    let sl = slot_index(slot[l]).min(last);
+                    j[l] = w[l] * f2t[sl] * e[l];
                 }
             }
+            if SCALED {
+                let chf = &blk.chan_f;
+                for l in 0..LANES {
+                    let sl = slot_index(slot[l]).min(last);
+                    let k = slot_index(asu[sl] as f64 + chf[l] * sstride);
+                    j[l] *= sce[k.min(sce_last)];
+                }
+            }
+            for l in 0..LANES {
+                isum[l] += j[l];
+            }
+            if MODE == GRAD {
+                // Small single-purpose lane loops: each one vectorises on its own.
+                let sv = &blk.s;
+                let lam = &blk.lam;
+                let [vx, vy, vz] = &vv;
+                let mut wv = [[0.0f64; LANES]; 3];
+                for l in 0..LANES {
+                    if DIAG {
+                        wv[0][l] = nm[0] * vx[l];
+                        wv[1][l] = nm[4] * vy[l];
+                        wv[2][l] = nm[8] * vz[l];
+                    } else {
+                        wv[0][l] = nm[0] * vx[l] + nm[1] * vy[l] + nm[2] * vz[l];
+                        wv[1][l] = nm[3] * vx[l] + nm[4] * vy[l] + nm[5] * vz[l];
+                        wv[2][l] = nm[6] * vx[l] + nm[7] * vy[l] + nm[8] * vz[l];
+                    }
+                }
+                let mut cj = [0.0f64; LANES];
+                for l in 0..LANES {
+                    cj[l] = c2 * j[l] * sv[l];
+                }
+                let mut cw = [[0.0f64; LANES]; 3];
+                for k in 0..3 {
+                    for l in 0..LANES {
+                        cw[k][l] = -cj[l] * wv[k][l];
+                    }
+                }
+                for l in 0..LANES {
+                    let t = cj[l] * (wv[0][l] * hv[0][l] + wv[1][l] * hv[1][l] + wv[2][l] * hv[2][l]);
+                    l0[l] += t;
+                    l1[l] += t * lam[l];
+                }
+                let [dx, dy, dz] = &dh;
+                for l in 0..LANES {
+                    na[0][l] += j[l] * vx[l] * dx[l];
+                    na[1][l] += j[l] * vy[l] * dy[l];
+                    na[2][l] += j[l] * vz[l] * dz[l];
+                }
+                for l in 0..LANES {
+                    na[3][l] += j[l] * (vx[l] * dy[l] + vy[l] * dx[l]);
+                    na[4][l] += j[l] * (vy[l] * dz[l] + vz[l] * dy[l]);
+                    na[5][l] += j[l] * (vx[l] * dz[l] + vz[l] * dx[l]);
+                }
+                cwx[r.clone()].copy_from_slice(&cw[0]);
+                cwy[r.clone()].copy_from_slice(&cw[1]);
+                cwz[r].copy_from_slice(&cw[2]);
+            }
         }
-        acc.i = isum;
+        acc.i = isum.iter().sum();
+        if MODE == GRAD {
+            acc.l0 = l0.iter().sum();
+            acc.l1 = l1.iter().sum();
+            for k in 0..6 {
+                acc.na[k] = na[k].iter().sum();
+            }
+            // H_m = Σ over domain m's sources of the per-step terms.
+            let ns = self.n_src;
+            for (m, h) in acc.h.iter_mut().enumerate() {
+                let seg = m * ns..(m + 1) * ns;
+                *h = [cwx[seg.clone()].iter().sum(), cwy[seg.clone()].iter().sum(), cwz[seg].iter().sum()];
+            }
+        }
     }
 
     /// The other lattice shapes (forward and Fhkl-gradient modes), one step at a time.
@@ -496,12 +612,13 @@ impl<'a> PreparedShot<'a> {
         let sce: &[f64] = self.scale_ext.as_deref().unwrap_or(&[]);
         let mut isum = 0.0;
         for i in 0..self.n_pad {
-            if self.w[i] == 0.0 {
+            let (blk, l) = (&self.blocks[i / LANES], i % LANES);
+            if blk.w[l] == 0.0 {
                 continue;
             }
             let mut h = [0.0; 3];
             for (r, hr) in h.iter_mut().enumerate() {
-                *hr = self.ms[3 * r][i] * u[0] + self.ms[3 * r + 1][i] * u[1] + self.ms[3 * r + 2][i] * u[2];
+                *hr = blk.ms[3 * r][l] * u[0] + blk.ms[3 * r + 1][l] * u[1] + blk.ms[3 * r + 2][l] * u[2];
             }
             let h0 = h.map(round_miller_f);
             let d = [h[0] - h0[0], h[1] - h0[1], h[2] - h0[2]];
@@ -512,7 +629,7 @@ impl<'a> PreparedShot<'a> {
                 continue;
             }
             let sl = fh.slot(&self.lut, h0[0], h0[1], h0[2]);
-            let base = self.w[i] * fh.f2_slot(sl) * il;
+            let base = blk.w[l] * fh.f2_slot(sl) * il;
             let a = fh.asu_slot(sl) as usize;
             isum += if SCALED { base * sce[a + self.chan[i] as usize * (self.n_asu + 1)] } else { base };
             if MODE == FHKL && a < self.n_asu {
@@ -555,6 +672,14 @@ fn det_dp(kind: &PKind, pan: &PanelPre, panel: usize, fd: f64, sd: f64, depth: f
         }
         _ => None,
     }
+}
+
+/// A non-negative integer-valued double below 2³² as an index, by bit
+/// extraction (adding 2⁵² puts it in the low mantissa bits). Unlike `as`, this
+/// needs no saturation checks, so the loops that use it stay vectorised.
+#[inline(always)]
+fn slot_index(x: f64) -> usize {
+    ((x + 4503599627370496.0).to_bits() as u32) as usize
 }
 
 #[inline(always)]

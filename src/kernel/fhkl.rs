@@ -13,8 +13,10 @@
 //!   symmetry module knows the space group) and index the per-(ASU, channel)
 //!   scale factors `s[a + c·n_asu]` that multiply |F|². Grid points without an
 //!   id, and every out-of-box lookup, fall in a "no ASU" bucket whose scale is 1.
-//! * Stored: |F|² (f64) and the id (u32); one extra trailing slot holds
-//!   `default_F²` and the no-ASU id, so a lookup never branches on the box.
+//! * Stored: |F|² (f64) and the id (u32) on the box grown by one layer on
+//!   every side; that border holds `default_F²` and the no-ASU id. A lookup
+//!   clamps each index into the grown box, so it never branches: anything
+//!   outside the box lands on the border.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -26,10 +28,11 @@ pub const MAX_GRID_POINTS: usize = 1 << 28;
 pub struct FhklTable {
     min: [i32; 3],
     max: [i32; 3],
+    /// Box dimensions (without the border).
     n: [usize; 3],
-    /// |F|² per grid point, then the out-of-box slot (`default_F²`).
+    /// |F|² on the bordered grid, dims `n + 2`.
     f2: Vec<f64>,
-    /// ASU id per grid point, then the out-of-box slot; `n_asu` means "no ASU".
+    /// ASU id on the bordered grid; `n_asu` means "no ASU".
     asu: Vec<u32>,
     n_asu: usize,
     default_f: f64,
@@ -83,35 +86,60 @@ impl FhklTable {
             }
         }
         let n = [0, 1, 2].map(|k| (max[k] - min[k]) as usize + 1);
-        let total =
-            n[0].checked_mul(n[1]).and_then(|x| x.checked_mul(n[2])).filter(|&x| x <= MAX_GRID_POINTS);
+        let total = (n[0] + 2)
+            .checked_mul(n[1] + 2)
+            .and_then(|x| x.checked_mul(n[2] + 2))
+            .filter(|&x| x <= MAX_GRID_POINTS);
         let Some(total) = total else {
             return Err(Error::msg(format!(
                 "structure factors: index box {min:?}..{max:?} exceeds {MAX_GRID_POINTS} grid points"
             )));
         };
-        let mut f2 = vec![default_f * default_f; total + 1];
-        let mut t = FhklTable { min, max, n, f2: Vec::new(), asu: vec![0; total + 1], n_asu: 0, default_f };
+        let mut t = FhklTable {
+            min,
+            max,
+            n,
+            f2: vec![default_f * default_f; total],
+            asu: vec![0; total],
+            n_asu: 0,
+            default_f,
+        };
         for (h, fv) in &map {
-            f2[t.grid_index(*h).expect("inside the box")] = fv * fv;
+            let i = t.store_index(*h);
+            t.f2[i] = fv * fv;
         }
-        f2[t.grid_index([0, 0, 0]).expect("box holds the origin")] = 0.0;
-        t.f2 = f2;
+        let i0 = t.store_index([0, 0, 0]);
+        t.f2[i0] = 0.0;
         Ok(t)
+    }
+
+    /// Index of an in-box `h` in the bordered storage.
+    fn store_index(&self, h: [i32; 3]) -> usize {
+        let (nk, nl) = (self.n[1] + 2, self.n[2] + 2);
+        (((h[0] - self.min[0] + 1) as usize) * nk + (h[1] - self.min[1] + 1) as usize) * nl
+            + (h[2] - self.min[2] + 1) as usize
+    }
+
+    /// Storage slot of any `h` (clamped onto the border when outside the box).
+    fn clamped_slot(&self, h: [i32; 3]) -> usize {
+        let c: [i32; 3] = std::array::from_fn(|k| h[k].clamp(self.min[k] - 1, self.max[k] + 1));
+        let (nk, nl) = (self.n[1] + 2, self.n[2] + 2);
+        (((c[0] - self.min[0] + 1) as usize) * nk + (c[1] - self.min[1] + 1) as usize) * nl
+            + (c[2] - self.min[2] + 1) as usize
     }
 
     /// Assign ASU ids from the P1 index of each grid point (`None`: no ASU, scale 1).
     /// Ids must be dense-ish: `n_asu` becomes max id + 1.
     pub fn set_asu_ids(&mut self, mut id_of: impl FnMut([i32; 3]) -> Option<u32>) -> Result<()> {
-        let total = self.n_grid();
-        let mut ids = vec![u32::MAX; total];
+        let mut ids = vec![u32::MAX; self.f2.len()];
         let mut max_id: Option<u32> = None;
-        for (g, slot) in ids.iter_mut().enumerate() {
-            if let Some(a) = id_of(self.hkl_of(g)) {
+        for g in 0..self.n_grid() {
+            let h = self.hkl_of(g);
+            if let Some(a) = id_of(h) {
                 if a == u32::MAX {
                     return Err(Error::msg("ASU id u32::MAX is reserved"));
                 }
-                *slot = a;
+                ids[self.store_index(h)] = a;
                 max_id = Some(max_id.map_or(a, |m| m.max(a)));
             }
         }
@@ -121,7 +149,6 @@ impl FhklTable {
         }
         self.n_asu = n_asu;
         self.asu = ids.into_iter().map(|a| if a == u32::MAX { n_asu as u32 } else { a }).collect();
-        self.asu.push(n_asu as u32);
         Ok(())
     }
 
@@ -161,7 +188,7 @@ impl FhklTable {
         self.n
     }
 
-    /// Grid index of `h`, `None` outside the box.
+    /// Grid index of `h` (h-major over the box, no border), `None` outside the box.
     pub fn grid_index(&self, h: [i32; 3]) -> Option<usize> {
         if (0..3).all(|k| h[k] >= self.min[k] && h[k] <= self.max[k]) {
             Some(self_index(h, &self.min, &self.n))
@@ -180,40 +207,29 @@ impl FhklTable {
 
     /// |F(h)|² (default_F² when absent, 0 at the origin).
     pub fn f2(&self, h: [i32; 3]) -> f64 {
-        self.f2[self.grid_index(h).unwrap_or(self.n_grid())]
+        self.f2[self.clamped_slot(h)]
     }
 
     /// ASU id of `h` (`n_asu` = none).
     pub fn asu_id(&self, h: [i32; 3]) -> u32 {
-        self.asu[self.grid_index(h).unwrap_or(self.n_grid())]
+        self.asu[self.clamped_slot(h)]
     }
 
-    /// The lookup the kernel uses: the slot of the nearest lattice point given as
-    /// doubles (already rounded), the out-of-box slot when outside.
+    /// The lookup the kernel uses: the storage slot of a nearest lattice point
+    /// given as doubles (already rounded). Each index is clamped into the
+    /// bordered box, so outside points land on a border cell (default_F).
     #[inline(always)]
     pub fn slot(&self, lut: &SlotLut, h0: f64, k0: f64, l0: f64) -> usize {
-        let inside = h0 >= lut.lo[0]
-            && h0 <= lut.hi[0]
-            && k0 >= lut.lo[1]
-            && k0 <= lut.hi[1]
-            && l0 >= lut.lo[2]
-            && l0 <= lut.hi[2];
-        let lin = ((h0 - lut.lo[0]) * lut.nk + (k0 - lut.lo[1])) * lut.nl + (l0 - lut.lo[2]);
-        if inside {
-            lin as usize
-        } else {
-            lut.outside
-        }
+        lut.slot_f(h0, k0, l0) as usize
     }
 
     /// Box bounds as doubles for [`Self::slot`].
     pub fn slot_lut(&self) -> SlotLut {
         SlotLut {
-            lo: self.min.map(|x| x as f64),
-            hi: self.max.map(|x| x as f64),
-            nk: self.n[1] as f64,
-            nl: self.n[2] as f64,
-            outside: self.n_grid(),
+            lo: self.min.map(|x| x as f64 - 1.0),
+            hi: self.max.map(|x| x as f64 + 1.0),
+            nk: (self.n[1] + 2) as f64,
+            nl: (self.n[2] + 2) as f64,
         }
     }
 
@@ -237,14 +253,24 @@ impl FhklTable {
     }
 }
 
-/// Box bounds in doubles, for slot computation in the step loop.
+/// Bordered-box bounds in doubles, for slot computation in the step loop.
 #[derive(Clone, Copy, Debug)]
 pub struct SlotLut {
     pub lo: [f64; 3],
     pub hi: [f64; 3],
     pub nk: f64,
     pub nl: f64,
-    pub outside: usize,
+}
+
+impl SlotLut {
+    /// The storage slot as an exact integer-valued double (branch-free).
+    #[inline(always)]
+    pub fn slot_f(&self, h0: f64, k0: f64, l0: f64) -> f64 {
+        let a = h0.max(self.lo[0]).min(self.hi[0]) - self.lo[0];
+        let b = k0.max(self.lo[1]).min(self.hi[1]) - self.lo[1];
+        let c = l0.max(self.lo[2]).min(self.hi[2]) - self.lo[2];
+        (a * self.nk + b) * self.nl + c
+    }
 }
 
 fn self_index(h: [i32; 3], min: &[i32; 3], n: &[usize; 3]) -> usize {

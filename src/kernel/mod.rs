@@ -64,7 +64,7 @@ pub use fhkl::FhklTable;
 pub use model::LatticeShape;
 pub use mosaic::{generate_umats, Eta};
 pub use pixels::{full_detector_pixels, pixels_from_rois, BackgroundPlane, Pixel, Roi};
-pub use prepared::{FhklScales, PreparedShot};
+pub use prepared::{FhklScales, PreparedShot, SimdLevel};
 pub use shot::{
     sources_from_spectrum, CrystalModel, DetectorShifts, MosaicSpec, NcellsParam, Param, ShotModel, Source,
 };

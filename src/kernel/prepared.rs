@@ -20,6 +20,73 @@ use crate::error::{Error, Result};
 /// Steps processed together in the inner loop (8 doubles = one AVX-512 register).
 pub const LANES: usize = 8;
 
+/// [`LANES`] consecutive steps: `Ms` row-major entry k in `ms[k]`, the
+/// normalised weight, 1/λ', the uncorrected λ and the channel (as a double).
+/// Padding steps have weight 0.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub(crate) struct StepBlock {
+    pub ms: [[f64; LANES]; 9],
+    pub w: [f64; LANES],
+    pub s: [f64; LANES],
+    pub lam: [f64; LANES],
+    pub chan_f: [f64; LANES],
+}
+
+impl StepBlock {
+    fn padding() -> StepBlock {
+        StepBlock {
+            ms: [[0.0; LANES]; 9],
+            w: [0.0; LANES],
+            s: [1.0; LANES],
+            lam: [1.0; LANES],
+            chan_f: [0.0; LANES],
+        }
+    }
+}
+
+/// Instruction set of the step loops. The results do not depend on it (the
+/// loops use no fused multiply-add), only the speed does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    Generic,
+    /// x86-64 AVX2 + FMA (4 doubles per register).
+    Avx2,
+    /// x86-64 AVX-512 F/DQ/VL (8 doubles per register).
+    Avx512,
+}
+
+impl SimdLevel {
+    /// The best level this CPU supports.
+    pub fn detect() -> SimdLevel {
+        static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            [SimdLevel::Avx512, SimdLevel::Avx2]
+                .into_iter()
+                .find(|l| l.is_supported())
+                .unwrap_or(SimdLevel::Generic)
+        })
+    }
+
+    pub fn is_supported(self) -> bool {
+        match self {
+            SimdLevel::Generic => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
 /// Per-(ASU, channel) structure-factor intensity scales `s[a + c·n_asu]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FhklScales {
@@ -107,22 +174,15 @@ pub struct PreparedShot<'a> {
     pub(crate) n_src: usize,
     pub(crate) n_dom: usize,
     pub(crate) n_pad: usize,
-    /// `Ms_i` row-major, one array per entry.
-    pub(crate) ms: [Vec<f64>; 9],
-    pub(crate) w: Vec<f64>,
-    /// 1/λ'_c per step.
-    pub(crate) s: Vec<f64>,
-    /// Uncorrected source wavelength λ_c per step (for ∂/∂λ1).
-    pub(crate) lam: Vec<f64>,
+    /// The step list in blocks of [`LANES`] (structure of arrays inside a block).
+    pub(crate) blocks: Vec<StepBlock>,
+    /// The channel of each step (flat, for the scalar paths).
     pub(crate) chan: Vec<u32>,
-    pub(crate) dom: Vec<u32>,
     /// `A_real(m)ᵀ` per domain (for the detector derivatives).
     pub(crate) m_dom: Vec<Mat3>,
     pub(crate) params: Vec<Param>,
     pub(crate) kinds: Vec<PKind>,
-    pub(crate) want_h: bool,
-    pub(crate) want_n: bool,
-    pub(crate) want_lambda: bool,
+    pub(crate) simd: SimdLevel,
 }
 
 impl<'a> PreparedShot<'a> {
@@ -197,26 +257,23 @@ impl<'a> PreparedShot<'a> {
         let n_src = model.sources.len();
         let n_flat = n_src * n_dom;
         let n_pad = n_flat.div_ceil(LANES) * LANES;
-        let mut ms: [Vec<f64>; 9] = std::array::from_fn(|_| vec![0.0; n_pad]);
-        let mut w = vec![0.0; n_pad];
-        let mut s = vec![1.0; n_pad];
-        let mut lam = vec![1.0; n_pad];
+        let mut blocks = vec![StepBlock::padding(); n_pad / LANES];
         let mut chan = vec![0u32; n_pad];
-        let mut dom = vec![0u32; n_pad];
         for (m, mm) in m_dom.iter().enumerate() {
             for (ci, src) in model.sources.iter().enumerate() {
                 let i = m * n_src + ci;
+                let (bl, l) = (&mut blocks[i / LANES], i % LANES);
                 let inv = 1.0 / (model.lambda_coef[0] + model.lambda_coef[1] * src.wavelength);
                 for r in 0..3 {
                     for k in 0..3 {
-                        ms[3 * r + k][i] = mm[(r, k)] * inv;
+                        bl.ms[3 * r + k][l] = mm[(r, k)] * inv;
                     }
                 }
-                w[i] = src.weight / wsum;
-                s[i] = inv;
-                lam[i] = src.wavelength;
+                bl.w[l] = src.weight / wsum;
+                bl.s[l] = inv;
+                bl.lam[l] = src.wavelength;
+                bl.chan_f[l] = chan_of(src) as f64;
                 chan[i] = chan_of(src);
-                dom[i] = m as u32;
             }
         }
 
@@ -348,11 +405,6 @@ impl<'a> PreparedShot<'a> {
             };
             kinds.push(k);
         }
-        let want_h = kinds
-            .iter()
-            .any(|k| matches!(k, PKind::Crystal(_) | PKind::DetZ | PKind::Shift { .. } | PKind::Rot { .. }));
-        let want_n = kinds.iter().any(|k| matches!(k, PKind::Ncells { .. }));
-        let want_lambda = kinds.iter().any(|k| matches!(k, PKind::Lambda0 | PKind::Lambda1));
 
         Ok(PreparedShot {
             fhkl,
@@ -378,19 +430,26 @@ impl<'a> PreparedShot<'a> {
             n_src,
             n_dom,
             n_pad,
-            ms,
-            w,
-            s,
-            lam,
+            blocks,
             chan,
-            dom,
             m_dom,
             params: params.to_vec(),
             kinds,
-            want_h,
-            want_n,
-            want_lambda,
+            simd: SimdLevel::detect(),
         })
+    }
+
+    /// Choose the instruction set of the step loops (default: the best available).
+    pub fn set_simd(&mut self, level: SimdLevel) -> Result<()> {
+        if !level.is_supported() {
+            return Err(Error::param("simd", format!("{level:?} is not supported by this CPU")));
+        }
+        self.simd = level;
+        Ok(())
+    }
+
+    pub fn simd(&self) -> SimdLevel {
+        self.simd
     }
 
     /// The requested derivative parameters, in output-row order.
