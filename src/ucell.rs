@@ -25,6 +25,9 @@
 //!
 //! Trigonal space groups in the hexagonal setting use `Hexagonal`.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use crate::conventions::Mat3;
 use crate::crystal::UnitCell;
 use crate::error::{Error, Result};
@@ -314,15 +317,15 @@ mod tests {
         for sys in LatticeSystem::ALL {
             let p = UcellParams::from_cell(sys, &cell_for(sys)).unwrap();
             let d = p.d_b_real();
-            for i in 0..sys.n_params() {
+            for (i, di) in d.iter().enumerate() {
                 let eps = if sys.is_angle(i) { 1e-6 } else { 1e-5 };
                 let mut hi = p.clone();
                 hi.values[i] += eps;
                 let mut lo = p.clone();
                 lo.values[i] -= eps;
                 let fd = (hi.b_real() - lo.b_real()) / (2.0 * eps);
-                let err = (fd - d[i]).abs().max();
-                let scale = d[i].abs().max().max(1e-3);
+                let err = (fd - di).abs().max();
+                let scale = di.abs().max().max(1e-3);
                 assert!(err / scale < 1e-8, "{sys:?} param {i}: err {err} scale {scale}");
             }
         }

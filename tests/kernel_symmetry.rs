@@ -4,6 +4,7 @@
 //! table that is invariant under g the image must not change:
 //! * g = −1 (Friedel) with a P1 table holding equal Friedel pairs;
 //! * the three 2-folds of P 2 2 2 with a table built on the mmm orbits.
+//!
 //! An anomalous table (F(h) ≠ F(−h)) must change the image under g = −1,
 //! which shows the comparison can fail.
 

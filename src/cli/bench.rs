@@ -14,8 +14,8 @@ use crate::crystal::UnitCell;
 use crate::geometry::{Beam, Detector, Panel};
 use crate::kernel::refcase;
 use crate::kernel::{
-    full_detector_pixels, generate_umats, pixels_from_rois, CrystalModel, Eta, FhklTable, MosaicSpec, Param,
-    Pixel, PreparedShot, Roi, ShotModel, Source,
+    full_detector_pixels, generate_umats, pixels_from_rois, CrystalModel, Eta, FhklScales, FhklTable,
+    MosaicSpec, Param, Pixel, PreparedShot, Roi, ShotModel, Source,
 };
 use crate::ucell::{LatticeSystem, UcellParams};
 use anyhow::{bail, Context, Result};
@@ -82,7 +82,12 @@ fn run_kernel(a: KernelBenchArgs) -> Result<()> {
     let pool_all = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let pool_one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
 
-    let (base, fhkl) = standard_case(a.sources)?;
+    let (base, mut fhkl) = standard_case(a.sources)?;
+    // Stage-2 style: one ASU id per P1 grid point, one channel.
+    let n_grid = fhkl.n_grid() as u32;
+    let ids: Vec<u32> = (0..n_grid).collect();
+    fhkl.set_asu_id_vec(&ids)?;
+    let fhkl = fhkl;
     let rois = pool_all.install(|| find_rois(&base, &fhkl, a.rois, a.roi_size))?;
     let (pixels, _) = pixels_from_rois(&rois, &base.detector)?;
     println!(
@@ -111,17 +116,27 @@ fn run_kernel(a: KernelBenchArgs) -> Result<()> {
         let steps = (pixels.len() * a.sources * nd * m.oversample * m.oversample) as f64;
         let mut params = Param::stage1_defaults(&m.crystal);
         params.push(Param::DetzShift);
-        for (mode, ps) in [("forward", &[][..]), ("fwd+grad", &params[..])] {
-            if (a.mode == "forward" && !ps.is_empty()) || (a.mode == "grad" && ps.is_empty()) {
+        let scales = FhklScales::ones(fhkl.n_asu(), 1);
+        let weights: Vec<f64> = (0..pixels.len()).map(|i| ((i % 7) as f64 - 3.0) * 0.1).collect();
+        for (mode, ps) in [("forward", &[][..]), ("fwd+grad", &params[..]), ("fhkl-grad", &[][..])] {
+            let wanted = match a.mode.as_str() {
+                "forward" => mode == "forward",
+                "grad" => mode != "forward",
+                _ => true,
+            };
+            if !wanted {
                 continue;
             }
-            let shot = PreparedShot::new(&m, &fhkl, None, ps)?;
+            let fhkl_mode = mode == "fhkl-grad";
+            let shot = PreparedShot::new(&m, &fhkl, fhkl_mode.then_some(&scales), ps)?;
             let time = |pool: &rayon::ThreadPool| -> Result<f64> {
                 let mut best = f64::INFINITY;
                 for _ in 0..a.repeat {
                     let t = Instant::now();
                     pool.install(|| -> Result<()> {
-                        if ps.is_empty() {
+                        if fhkl_mode {
+                            std::hint::black_box(shot.fhkl_scale_gradient(&pixels, &weights)?);
+                        } else if ps.is_empty() {
                             std::hint::black_box(shot.forward(&pixels)?);
                         } else {
                             std::hint::black_box(shot.forward_with_derivs(&pixels)?);

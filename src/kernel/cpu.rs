@@ -86,15 +86,19 @@ impl<'a> PreparedShot<'a> {
 
     /// Bragg values and the dense derivative rows of every requested parameter.
     pub fn forward_with_derivs(&self, pixels: &[Pixel]) -> Result<KernelOutput> {
-        self.check_pixels(pixels)?;
         let np = self.params.len();
+        if np == 0 {
+            return Ok(KernelOutput { values: self.forward(pixels)?, derivs: vec![] });
+        }
+        self.check_pixels(pixels)?;
         let mut values = vec![0.0; pixels.len()];
+        // Pixel-major while computing (each task owns its pixels' rows), then transposed.
         let mut pm = vec![0.0; pixels.len() * np];
         self.dispatch::<GRAD>(pixels, &mut values, &mut pm, &[], &mut []);
         let mut derivs = vec![vec![0.0; pixels.len()]; np];
-        for (p, row) in pm.chunks_exact(np.max(1)).enumerate().take(if np == 0 { 0 } else { pixels.len() }) {
-            for k in 0..np {
-                derivs[k][p] = row[k];
+        for (p, row) in pm.chunks_exact(np).enumerate() {
+            for (k, &d) in row.iter().enumerate() {
+                derivs[k][p] = d;
             }
         }
         Ok(KernelOutput { values, derivs })
@@ -167,18 +171,16 @@ impl<'a> PreparedShot<'a> {
                 }
             }),
             GRAD => {
-                let stride = np.max(1);
+                debug_assert!(np > 0 && pm.len() == np * pixels.len());
                 values
                     .par_chunks_mut(CHUNK)
-                    .zip(pm.par_chunks_mut(CHUNK * stride))
+                    .zip(pm.par_chunks_mut(CHUNK * np))
                     .zip(pixels.par_chunks(CHUNK))
                     .for_each(|((vals, ds), pxs)| {
                         let mut sc = new_scratch();
                         for (k, (v, px)) in vals.iter_mut().zip(pxs).enumerate() {
                             *v = self.pixel::<GRAD, SCALED, DIAG>(px, &mut sc, 0.0, &mut []);
-                            if np > 0 {
-                                ds[k * np..(k + 1) * np].copy_from_slice(&sc.d);
-                            }
+                            ds[k * np..(k + 1) * np].copy_from_slice(&sc.d);
                         }
                     })
             }
@@ -587,8 +589,8 @@ impl<'a> PreparedShot<'a> {
         if MODE == GRAD {
             acc.l0 = l0.iter().sum();
             acc.l1 = l1.iter().sum();
-            for k in 0..6 {
-                acc.na[k] = na[k].iter().sum();
+            for (a, lanes) in acc.na.iter_mut().zip(&na) {
+                *a = lanes.iter().sum();
             }
             // H_m = Σ over domain m's sources of the per-step terms.
             let ns = self.n_src;

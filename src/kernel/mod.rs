@@ -44,7 +44,7 @@
 //! the reference, which keeps it). Derivatives need the Gaussian shape.
 //!
 //! # Use
-//! ```ignore
+//! ```text
 //! let shot = PreparedShot::new(&model, &fhkl, None, &[Param::RotX, Param::Scale])?;
 //! let out = shot.forward_with_derivs(&pixels)?;     // values + dense rows
 //! let img = shot.forward(&full_detector_pixels(&model.detector))?;

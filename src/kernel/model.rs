@@ -23,8 +23,8 @@ pub const ROUND_NORM: f64 = 0.723601254558268;
 pub const TOPHAT_R2: f64 = 0.3969;
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
-const LN2_HI: f64 = 6.93147180369123816490e-01;
-const LN2_LO: f64 = 1.90821492927058770002e-10;
+const LN2_HI: f64 = 0.6931471803691238;
+const LN2_LO: f64 = 1.9082149292705877e-10;
 /// 1.5·2⁵²: adding it rounds a double (|x| < 2⁵¹) to the nearest integer.
 const ROUND_MAGIC: f64 = 6755399441055744.0;
 

@@ -185,6 +185,20 @@ pub struct PreparedShot<'a> {
     pub(crate) simd: SimdLevel,
 }
 
+impl std::fmt::Debug for PreparedShot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedShot")
+            .field("panels", &self.panels.len())
+            .field("sources", &self.n_src)
+            .field("domains", &self.n_dom)
+            .field("oversample", &self.os)
+            .field("shape", &self.shape)
+            .field("params", &self.params)
+            .field("simd", &self.simd)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> PreparedShot<'a> {
     /// Validate `model` and hoist everything. `params`: the derivatives that
     /// [`Self::forward_with_derivs`](super::cpu) will return (may be empty).

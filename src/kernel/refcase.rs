@@ -6,6 +6,9 @@
 //! detector hierarchy with an identity root, and a single beam/detector/crystal.
 //! The lead switches it to `io::dials_expt` (and the `.lam` reader) once merged.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use super::fhkl::FhklTable;
 use super::model::LatticeShape;
 use super::mosaic::parse_umats;

@@ -5,6 +5,9 @@
 //! Units: detector lengths mm, wavelengths Å, rotX/Y/Z and cell angles
 //! radians, η degrees, fluence photons/m².
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use super::model::LatticeShape;
 use super::mosaic::{check_rotation, Eta};
 use crate::conventions::{Mat3, Vec3};
