@@ -13,8 +13,9 @@
 
 use super::fhkl::FhklTable;
 use super::model::{
-    capture_fraction, exp_neg_with, lattice_intensity, madd, polarization, polarization_grad, round_miller_f,
-    round_miller_with, LatticeShape, GAUSS_C, GAUSS_CUTOFF,
+    capture_fraction, direction_derivative, exp_neg_with, lattice_intensity, madd, polarization,
+    polarization_grad, round_miller_f, round_miller_with, solid_angle, solid_angle_derivative,
+    solid_angle_point, solid_angle_point_derivative, LatticeShape, GAUSS_C, GAUSS_CUTOFF,
 };
 use super::pixels::{validate_pixels, Pixel};
 use super::prepared::{PKind, PanelPre, PreparedShot, SimdLevel, LANES};
@@ -309,7 +310,8 @@ impl<'a> PreparedShot<'a> {
                     let r = p.norm();
                     let k = p / r;
                     let ndp = pan.normal.dot(&p);
-                    let omega = if self.point_pixel { 1.0 / (r * r) } else { pan.area * ndp / (r * r * r) };
+                    let omega =
+                        if self.point_pixel { solid_angle_point(r) } else { solid_angle(pan.area, ndp, r) };
                     let (cap, dcap) = if pan.absorbs {
                         capture_fraction(depth, pan.dz, pan.att, k.dot(&pan.normal))
                     } else {
@@ -346,7 +348,7 @@ impl<'a> PreparedShot<'a> {
                         let mut d = self.pref * pol * sc.ds[j];
                         // The polarization moves with the pixel centre.
                         if let Some(dp) = det_dp(kind, pan, px.panel as usize, fc, scn, 0.0) {
-                            let dk = (dp - kc * kc.dot(&dp)) / rc;
+                            let dk = Vec3::from(direction_derivative(&arr(&kc), rc, &arr(&dp)));
                             d += self.pref * pg.dot(&dk) * ssum;
                         }
                         d
@@ -399,18 +401,22 @@ impl<'a> PreparedShot<'a> {
                         }
                         v
                     });
-                    let (r, k, p) = (g.r, g.k, g.p);
-                    let kdp = k.dot(&dp);
-                    let dk = (dp - k * kdp) / r;
+                    let (k, dpa) = (arr(&g.k), arr(&dp));
+                    let dk = Vec3::from(direction_derivative(&k, g.r, &dpa));
                     let domega = if self.point_pixel {
-                        -2.0 * kdp / (r * r * r)
+                        solid_angle_point_derivative(&k, g.r, &dpa)
                     } else {
-                        let ndp = pan.normal.dot(&p);
-                        pan.area
-                            * ((dn.dot(&p) + pan.normal.dot(&dp)) / (r * r * r)
-                                - 3.0 * ndp * kdp / (r * r * r * r))
+                        solid_angle_derivative(
+                            pan.area,
+                            &arr(&pan.normal),
+                            &arr(&dn),
+                            &arr(&g.p),
+                            &k,
+                            g.r,
+                            &dpa,
+                        )
                     };
-                    let dcap = if pan.absorbs { g.dcap * (dk.dot(&pan.normal) + k.dot(&dn)) } else { 0.0 };
+                    let dcap = if pan.absorbs { g.dcap * (dk.dot(&pan.normal) + g.k.dot(&dn)) } else { 0.0 };
                     let doc = domega * g.cap + g.omega * dcap;
                     ds[j] += oc * gam.dot(&dk) + doc * acc.i;
                 }

@@ -123,6 +123,37 @@ pub fn solid_angle_point(r: f64) -> f64 {
     1.0 / (r * r)
 }
 
+/// ∂k̂ for a move `dp` of the point `p = r·k̂`: `(dp − k̂(k̂·dp))/r`.
+#[inline(always)]
+pub fn direction_derivative(k: &[f64; 3], r: f64, dp: &[f64; 3]) -> [f64; 3] {
+    let kdp = dot(k, dp);
+    [(dp[0] - k[0] * kdp) / r, (dp[1] - k[1] * kdp) / r, (dp[2] - k[2] * kdp) / r]
+}
+
+/// ∂Ω of [`solid_angle`] `area·(n̂·p)/r³` when the point moves by `dp` and
+/// the normal turns by `dn`: `area·[(dn·p + n̂·dp)/r³ − 3(n̂·p)(k̂·dp)/r⁴]`.
+/// The full pixel area is used for every sub-pixel, so no 1/os² appears
+/// ([BUG?] of the reference, which scales this term by the sub-pixel area).
+#[inline(always)]
+pub fn solid_angle_derivative(
+    area: f64,
+    n: &[f64; 3],
+    dn: &[f64; 3],
+    p: &[f64; 3],
+    k: &[f64; 3],
+    r: f64,
+    dp: &[f64; 3],
+) -> f64 {
+    let r3 = r * r * r;
+    area * ((dot(dn, p) + dot(n, dp)) / r3 - 3.0 * dot(n, p) * dot(k, dp) / (r3 * r))
+}
+
+/// ∂Ω of [`solid_angle_point`] when the point moves by `dp`: `−2(k̂·dp)/r³`.
+#[inline(always)]
+pub fn solid_angle_point_derivative(k: &[f64; 3], r: f64, dp: &[f64; 3]) -> f64 {
+    -2.0 * dot(k, dp) / (r * r * r)
+}
+
 /// Kahn polarization factor for diffracted unit vector `k`, incident unit
 /// vector `inc`, the unit electric-field axis `e` (⟂ inc) and `b = inc × e`
 /// (in the plane ⟂ inc), with Kahn factor `kahn = 2·fraction − 1`:
@@ -330,6 +361,35 @@ mod tests {
             let fd = (polarization(&kp, &inc, &e, &b, 0.99) - polarization(&km, &inc, &e, &b, 0.99)) / 2e-6;
             assert!((fd - g[i]).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn geometry_derivatives_match_finite_differences() {
+        let p = [12.0, -7.0, -95.0];
+        let dp = [0.3, -0.8, 0.5];
+        let n0 = [0.05, -0.02, -1.0];
+        let nn = dot(&n0, &n0).sqrt();
+        let n = n0.map(|x| x / nn);
+        let dn = [0.01, 0.03, 0.0005]; // a small turn (not unit-preserving; linear in the formula)
+        let at = |t: f64| {
+            let q = [p[0] + t * dp[0], p[1] + t * dp[1], p[2] + t * dp[2]];
+            let m = [n[0] + t * dn[0], n[1] + t * dn[1], n[2] + t * dn[2]];
+            let r = dot(&q, &q).sqrt();
+            let k = q.map(|x| x / r);
+            (k, solid_angle(0.0056, dot(&m, &q), r), solid_angle_point(r))
+        };
+        let eps = 1e-5;
+        let ((kp, op, pp), (km, om, pm)) = (at(eps), at(-eps));
+        let r = dot(&p, &p).sqrt();
+        let k = p.map(|x| x / r);
+        let dk = direction_derivative(&k, r, &dp);
+        for i in 0..3 {
+            assert!(((kp[i] - km[i]) / (2.0 * eps) - dk[i]).abs() < 1e-10);
+        }
+        let d_om = solid_angle_derivative(0.0056, &n, &dn, &p, &k, r, &dp);
+        assert!(((op - om) / (2.0 * eps) - d_om).abs() < 1e-9 * d_om.abs());
+        let d_pt = solid_angle_point_derivative(&k, r, &dp);
+        assert!(((pp - pm) / (2.0 * eps) - d_pt).abs() < 1e-9 * d_pt.abs());
     }
 
     #[test]

@@ -237,6 +237,12 @@ impl<'a> PreparedShot<'a> {
                 (Some(ext), sc.n_channels)
             }
         };
+        if (n_asu + 1).checked_mul(n_chan).is_none_or(|x| x >= 1 << 32) {
+            return Err(Error::param(
+                "fhkl_scales",
+                format!("{n_asu} ASU ids × {n_chan} channels is too many"),
+            ));
+        }
         // Channel ids matter only with scales; without them every source reads channel 0.
         let chan_of = |s: &super::shot::Source| if scales.is_some() { s.channel } else { 0 };
         if let Some((i, s)) = model.sources.iter().enumerate().find(|(_, s)| chan_of(s) as usize >= n_chan) {
