@@ -7,7 +7,7 @@
 //! * The lattice system is **passed in**, never guessed from the cell values.
 //!   The reference (diffBragg `manager_from_params`) classifies cells with
 //!   `isclose` and knows only four systems, so an orthorhombic cell with a ≈ b
-//!   becomes tetragonal and cubic/rhombohedral/triclinic cells fail — [TRAP]
+//!   becomes tetragonal and cubic/rhombohedral/triclinic cells fail — \[TRAP\]
 //!   avoided by making the caller state the system.
 //! * `B_real` is the PDB-convention matrix of [`UnitCell::b_real`]
 //!   (upper-triangular, columns a, b, c); the derivatives below differentiate

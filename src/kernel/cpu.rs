@@ -35,7 +35,7 @@ const CHUNK: usize = 32;
 pub struct KernelOutput {
     /// Per-pixel Bragg value, photons (G included; no roi_scale or background).
     pub values: Vec<f64>,
-    /// `derivs[k][p]` = ∂values[p]/∂params[k] (units per the [`super::Param`] docs).
+    /// `derivs[k][p] = ∂values[p]/∂params[k]` (units per the [`super::Param`] docs).
     pub derivs: Vec<Vec<f64>>,
 }
 

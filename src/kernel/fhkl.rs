@@ -5,7 +5,7 @@
 //! * Anomalous: F(h) and F(−h) are separate entries. [`FhklTable::new`] can
 //!   fill missing Friedel mates with F(h) (cctbx `generate_bijvoet_mates`).
 //! * **Absent reflections.** Every index not in the supplied array, inside or
-//!   outside the box, gets `default_F`. [TRAP] decided: in the reference hopper
+//!   outside the box, gets `default_F`. \[TRAP\] decided: in the reference hopper
 //!   flow in-box absent reflections are 0 and only out-of-box lookups get
 //!   `default_F` (fwd-model §2.5); we use `default_F` everywhere, which is also
 //!   what nanoBragg's standalone program does. `F(0,0,0) = 0` always.

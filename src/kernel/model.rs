@@ -133,7 +133,7 @@ pub fn direction_derivative(k: &[f64; 3], r: f64, dp: &[f64; 3]) -> [f64; 3] {
 /// ∂Ω of [`solid_angle`] `area·(n̂·p)/r³` when the point moves by `dp` and
 /// the normal turns by `dn`: `area·[(dn·p + n̂·dp)/r³ − 3(n̂·p)(k̂·dp)/r⁴]`.
 /// The full pixel area is used for every sub-pixel, so no 1/os² appears
-/// ([BUG?] of the reference, which scales this term by the sub-pixel area).
+/// (\[BUG?\] of the reference, which scales this term by the sub-pixel area).
 #[inline(always)]
 pub fn solid_angle_derivative(
     area: f64,

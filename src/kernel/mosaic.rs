@@ -235,7 +235,7 @@ impl Mt19937 {
         }
     }
 
-    /// CPython `shuffle`: for i from len−1 down to 1, swap x[i] with x[randbelow(i+1)].
+    /// CPython `shuffle`: for i from len−1 down to 1, swap `x[i]` with `x[randbelow(i+1)]`.
     pub fn shuffle<T>(&mut self, x: &mut [T]) {
         for i in (1..x.len()).rev() {
             let j = self.randbelow((i + 1) as u32) as usize;

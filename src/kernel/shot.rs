@@ -124,7 +124,7 @@ pub struct DetectorShifts {
 ///
 /// Pixel value (photons), before `roi_scale` and background:
 /// `r_e²·Φ·G·P/(N_mos·os²) · Σ_sub Σ_layer Σ_c w_c Σ_m Ω·cap·|F(h0)|²·s·F_latt²`,
-/// with w_c normalised to sum 1. [TRAP] diffBragg normalises the weights to
+/// with w_c normalised to sum 1. \[TRAP\] diffBragg normalises the weights to
 /// mean 1 and carries 1/N_src in the fluence instead; the pixel value is the
 /// same for the same Φ, but cctbx's Φ is total_flux/(N_src·beamsize²) while
 /// ours is total_flux/beamsize², so **our G = cctbx G / N_src** for the same
@@ -148,7 +148,7 @@ pub struct ShotModel {
     /// Solid angle `1/R²` (per mm²) instead of `area·cosθ/R²` (nanoBragg `point_pixel`).
     pub point_pixel: bool,
     /// Apply the Kahn polarization factor with the beam's own fraction and
-    /// normal. [TRAP] decided: hopper forces K = 1 with normal ŷ; we use the
+    /// normal. \[TRAP\] decided: hopper forces K = 1 with normal ŷ; we use the
     /// experiment's polarization. `false` = no polarization factor (P = 1).
     pub polarization: bool,
     /// Spectrum correction `λ' = λ0 + λ1·λ` (Å, dimensionless); default (0, 1).
