@@ -15,7 +15,7 @@ use crate::geometry::{Beam, Detector, Panel};
 use crate::kernel::refcase;
 use crate::kernel::{
     full_detector_pixels, generate_umats, pixels_from_rois, CrystalModel, Eta, FhklScales, FhklTable,
-    MosaicSpec, Param, Pixel, PreparedShot, Roi, ShotModel, Source,
+    MosaicSpec, Param, Pixel, PreparedShot, Roi, ShotModel, SimdLevel, Source,
 };
 use crate::ucell::{LatticeSystem, UcellParams};
 use anyhow::{bail, Context, Result};
@@ -55,6 +55,9 @@ pub struct KernelBenchArgs {
     /// Which evaluations to time: `forward`, `grad` or `both`.
     #[arg(long, default_value = "both")]
     pub mode: String,
+    /// Instruction set of the step loops: `generic`, `avx2`, `avx512` (default: the best available).
+    #[arg(long)]
+    pub simd: Option<String>,
     /// Threads for the "total" figure (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -82,6 +85,13 @@ fn run_kernel(a: KernelBenchArgs) -> Result<()> {
     let pool_all = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let pool_one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
 
+    let simd = match a.simd.as_deref() {
+        None => None,
+        Some("generic") => Some(SimdLevel::Generic),
+        Some("avx2") => Some(SimdLevel::Avx2),
+        Some("avx512") => Some(SimdLevel::Avx512),
+        Some(x) => bail!("--simd must be generic, avx2 or avx512, not `{x}`"),
+    };
     let (base, mut fhkl) = standard_case(a.sources)?;
     // Stage-2 style: one ASU id per P1 grid point, one channel.
     let n_grid = fhkl.n_grid() as u32;
@@ -91,12 +101,13 @@ fn run_kernel(a: KernelBenchArgs) -> Result<()> {
     let rois = pool_all.install(|| find_rois(&base, &fhkl, a.rois, a.roi_size))?;
     let (pixels, _) = pixels_from_rois(&rois, &base.detector)?;
     println!(
-        "standard case: {} ROIs of {}×{} px = {} px, {} sources; threads: {threads}",
+        "standard case: {} ROIs of {}×{} px = {} px, {} sources; threads: {threads}; simd: {:?}",
         rois.len(),
         a.roi_size,
         a.roi_size,
         pixels.len(),
-        a.sources
+        a.sources,
+        simd.unwrap_or_else(SimdLevel::detect)
     );
     println!(
         "{:>7} {:>10} {:>12} {:>14} {:>14} {:>12}",
@@ -128,7 +139,10 @@ fn run_kernel(a: KernelBenchArgs) -> Result<()> {
                 continue;
             }
             let fhkl_mode = mode == "fhkl-grad";
-            let shot = PreparedShot::new(&m, &fhkl, fhkl_mode.then_some(&scales), ps)?;
+            let mut shot = PreparedShot::new(&m, &fhkl, fhkl_mode.then_some(&scales), ps)?;
+            if let Some(level) = simd {
+                shot.set_simd(level)?;
+            }
             let time = |pool: &rayon::ThreadPool| -> Result<f64> {
                 let mut best = f64::INFINITY;
                 for _ in 0..a.repeat {
