@@ -24,5 +24,7 @@ pub mod import;
 pub mod spectrum;
 pub mod symmetry;
 pub mod store;
+pub mod kernel;
+pub mod ucell;
 #[doc(hidden)]
 pub mod testutil;

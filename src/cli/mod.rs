@@ -10,6 +10,8 @@ pub mod sql;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+
 #[derive(Parser, Debug)]
 #[command(name = "diffbragg", version, about = "Pixel-level refinement of XFEL still shots")]
 pub struct Cli {
@@ -27,6 +29,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Run one SQL query over a store's tables and views.
     Sql(sql::SqlArgs),
+    /// Benchmarks (`bench kernel`).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -39,5 +43,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Config(args) => config::run(args),
         Command::Import(args) => import::run(args),
         Command::Sql(args) => sql::run(args),
+        Command::Bench(a) => bench::run(a),
     }
 }

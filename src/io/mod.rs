@@ -2,6 +2,7 @@
 pub mod dials_expt;
 pub mod dials_refl;
 pub mod hdf5;
+pub mod hkl_text;
 pub mod lam;
 pub mod mtz;
 pub mod smv;
