@@ -4,13 +4,12 @@
 //! parse only) and a `run` function that validates them into a config and
 //! calls the library.
 
+pub mod bench;
 pub mod config;
 pub mod import;
 pub mod sql;
 
 use clap::{Parser, Subcommand};
-
-pub mod bench;
 
 #[derive(Parser, Debug)]
 #[command(name = "diffbragg", version, about = "Pixel-level refinement of XFEL still shots")]
