@@ -14,6 +14,7 @@ pub mod dist;
 pub mod error;
 pub mod geometry;
 pub mod io;
+pub mod predict;
 pub mod reflections;
 pub mod refine;
 pub mod spectrum;
