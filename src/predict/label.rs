@@ -76,7 +76,10 @@ impl LabelParams {
         }
         if let Some(d) = self.max_separation {
             if !(d.is_finite() && d >= 0.0) {
-                return Err(Error::param("spotfinder.filter.max_separation", format!("must be ≥ 0, got {d}")));
+                return Err(Error::param(
+                    "spotfinder.filter.max_separation",
+                    format!("must be ≥ 0, got {d}"),
+                ));
             }
         }
         Ok(())
@@ -206,13 +209,13 @@ fn label_4_connected(pix: &[usize], shape: [usize; 2]) -> Vec<usize> {
     let mut label = vec![usize::MAX; n];
     let mut next = 0;
     let mut out = vec![0usize; n];
-    for a in 0..n {
+    for (a, o) in out.iter_mut().enumerate() {
         let r = find(&mut parent, a);
         if label[r] == usize::MAX {
             label[r] = next;
             next += 1;
         }
-        out[a] = label[r];
+        *o = label[r];
     }
     out
 }
@@ -234,7 +237,7 @@ fn make_spot(pixels: Vec<SpotPixel>, panel: usize, frame: i32) -> Spot {
 pub fn centroid_of(pixels: &[SpotPixel], bbox: [i32; 6]) -> Centroid {
     let [x0, x1, y0, y1, z0, z1] = bbox.map(f64::from);
     let s: f64 = pixels.iter().map(|p| p.value).sum();
-    if pixels.is_empty() || !(s > 0.0) {
+    if pixels.is_empty() || s.is_nan() || s <= 0.0 {
         return Centroid {
             position: [(x1 + x0) / 2.0, (y1 + y0) / 2.0, (z1 + z0) / 2.0],
             variance: [0.0; 3],
@@ -313,6 +316,30 @@ pub fn find_spots_panel(
     label_panel(image, &mask, shape, panel, frame, label)
 }
 
+/// How model (predicted) pixels are selected before labelling.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ModelMask {
+    /// `model > threshold` (`predictions.threshold`, model photons per pixel).
+    AboveThreshold(f64),
+    /// Local maxima at or above the threshold (`predictions.use_peak_detection`).
+    LocalMaxima(f64),
+}
+
+/// Predicted spots of one panel of a model image (frame 0, no trusted mask, as the reference).
+pub fn model_spots_panel(
+    model: &[f64],
+    shape: [usize; 2],
+    panel: usize,
+    select: ModelMask,
+    label: &LabelParams,
+) -> Result<Vec<Spot>> {
+    let mask = match select {
+        ModelMask::AboveThreshold(t) => spotfinder::above_threshold(model, shape, t)?,
+        ModelMask::LocalMaxima(t) => spotfinder::local_maxima(model, shape, t)?,
+    };
+    label_panel(model, &mask, shape, panel, 0, label)
+}
+
 /// Options for [`spots_to_table`].
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct TableOptions {
@@ -373,7 +400,8 @@ pub fn shoebox_of(spot: &Spot) -> Shoebox {
 pub fn add_scatter(table: &mut ReflectionTable) -> Result<()> {
     let i = table.get_double("intensity.sum.value")?;
     let n = table.get_int("n_signal")?;
-    let scatter: Vec<f64> = i.iter().zip(n).map(|(&i, &n)| if n > 0 { i / n as f64 } else { f64::NAN }).collect();
+    let scatter: Vec<f64> =
+        i.iter().zip(n).map(|(&i, &n)| if n > 0 { i / n as f64 } else { f64::NAN }).collect();
     table.insert("scatter", scatter)?;
     Ok(())
 }
@@ -465,6 +493,21 @@ mod tests {
             SpotPixel { y: 1, x: 1, value: -3.0 },
         ];
         assert_eq!(peak_of(&px, [0, 2, 0, 2, 0, 1]), [0.5, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn model_spots_use_the_same_labeller() {
+        let model = [0.0, 0.5, 2.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 1.0];
+        let p = LabelParams::default();
+        let s = model_spots_panel(&model, [2, 6], 1, ModelMask::AboveThreshold(0.4), &p).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].n_pixels(), 3);
+        // (0.5·1.5 + 2·2.5 + 0.5·3.5)/3 = 2.5: the same pixel-centre convention as data spots.
+        assert_eq!(s[0].centroid.position, [2.5, 0.5, 0.5]);
+        let s = model_spots_panel(&model, [2, 6], 1, ModelMask::LocalMaxima(0.4), &p).unwrap();
+        assert_eq!(s.iter().map(|s| s.n_pixels()).collect::<Vec<_>>(), vec![1, 1]);
+        assert_eq!(s[0].centroid.position, [2.5, 0.5, 0.5]);
+        assert_eq!(s[1].centroid.position, [4.5, 1.5, 0.5]);
     }
 
     #[test]

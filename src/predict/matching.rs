@@ -103,7 +103,10 @@ impl MatchParams {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.qcut.is_finite() && self.qcut > 0.0) {
-            return Err(Error::param("predictions.qcut", format!("must be a finite number > 0, got {}", self.qcut)));
+            return Err(Error::param(
+                "predictions.qcut",
+                format!("must be a finite number > 0, got {}", self.qcut),
+            ));
         }
         Ok(())
     }
@@ -150,7 +153,8 @@ struct Points {
 fn points(t: &ReflectionTable, which: &str, params: &MatchParams, use_id: bool) -> Result<Points> {
     let ctx = |e: Error| Error::msg(format!("{which} table: {e}"));
     let n = t.nrows();
-    let ids: Vec<i64> = if use_id { t.get_int("id").map_err(ctx)?.iter().map(|&v| v as i64).collect() } else { vec![0; n] };
+    let ids: Vec<i64> =
+        if use_id { t.get_int("id").map_err(ctx)?.iter().map(|&v| v as i64).collect() } else { vec![0; n] };
     let (coords, panels, dim) = match params.column {
         MatchColumn::Rlp => (t.get_vec3("rlp").map_err(ctx)?.to_vec(), vec![0u64; n], 3),
         MatchColumn::Pixels => {
@@ -165,17 +169,20 @@ fn points(t: &ReflectionTable, which: &str, params: &MatchParams, use_id: bool) 
 type CellKey = (i64, u64, [i64; 3]);
 
 /// Match strong spots to predictions (read-only; see [`label_weak`] for the table columns).
-pub fn match_spots(pred: &ReflectionTable, strong: &ReflectionTable, params: &MatchParams) -> Result<MatchResult> {
+pub fn match_spots(
+    pred: &ReflectionTable,
+    strong: &ReflectionTable,
+    params: &MatchParams,
+) -> Result<MatchResult> {
     params.validate()?;
-    let use_id = match (pred.contains("id"), strong.contains("id")) {
-        (true, true) => true,
-        (false, false) => false,
-        _ => {
-            return Err(Error::msg(
+    let use_id =
+        match (pred.contains("id"), strong.contains("id")) {
+            (true, true) => true,
+            (false, false) => false,
+            _ => return Err(Error::msg(
                 "matching needs an `id` column in both the prediction and the strong table, or in neither",
-            ))
-        }
-    };
+            )),
+        };
     let p = points(pred, "prediction", params, use_id)?;
     let s = points(strong, "strong spot", params, use_id)?;
     let q = params.qcut;
@@ -249,7 +256,8 @@ pub fn label_weak(
     params: &MatchParams,
 ) -> Result<MatchResult> {
     let res = match_spots(pred, strong, params)?;
-    let strong_xyz = strong.get_vec3("xyzobs.px.value").map_err(|e| Error::msg(format!("strong spot table: {e}")))?;
+    let strong_xyz =
+        strong.get_vec3("xyzobs.px.value").map_err(|e| Error::msg(format!("strong spot table: {e}")))?;
     let orig: Vec<[f64; 3]> =
         res.pred_to_strong.iter().map(|m| m.map_or([-1.0; 3], |m| strong_xyz[m.index])).collect();
     let dist: Vec<f64> = res.pred_to_strong.iter().map(|m| m.map_or(-1.0, |m| m.distance)).collect();
@@ -265,8 +273,12 @@ pub fn label_weak(
     for name in ["miller_index", "xyzcal.px", "xyzcal.mm", "s1"] {
         let Ok(col) = pred.column(name) else { continue };
         let picked = match col {
-            Column::Miller(v) => Column::Miller(res.strong_to_pred.iter().map(|m| m.map_or([0; 3], |m| v[m.index])).collect()),
-            Column::Vec3(v) => Column::Vec3(res.strong_to_pred.iter().map(|m| m.map_or([0.0; 3], |m| v[m.index])).collect()),
+            Column::Miller(v) => {
+                Column::Miller(res.strong_to_pred.iter().map(|m| m.map_or([0; 3], |m| v[m.index])).collect())
+            }
+            Column::Vec3(v) => {
+                Column::Vec3(res.strong_to_pred.iter().map(|m| m.map_or([0.0; 3], |m| v[m.index])).collect())
+            }
             other => {
                 return Err(Error::msg(format!(
                     "prediction table column `{name}` has type {}, expected {}",
@@ -291,7 +303,8 @@ pub fn label_weak(
 /// Row index within its shot (`id`), or the row index when there is no `id` column.
 fn index_within_shot(t: &ReflectionTable) -> Result<Vec<i32>> {
     let n = t.nrows();
-    let to_i32 = |v: usize| i32::try_from(v).map_err(|_| Error::msg("more than 2^31 predictions in one shot"));
+    let to_i32 =
+        |v: usize| i32::try_from(v).map_err(|_| Error::msg("more than 2^31 predictions in one shot"));
     if !t.contains("id") {
         return (0..n).map(to_i32).collect();
     }
@@ -316,7 +329,8 @@ pub fn select_weak(pred: &ReflectionTable, weak_fraction: f64) -> Result<Reflect
     }
     let is_strong = pred.get_bool("is_strong")?;
     let scatter = pred.get_double("scatter")?;
-    let ids: Vec<i32> = if pred.contains("id") { pred.get_int("id")?.to_vec() } else { vec![0; pred.nrows()] };
+    let ids: Vec<i32> =
+        if pred.contains("id") { pred.get_int("id")?.to_vec() } else { vec![0; pred.nrows()] };
     let mut weak_by_shot: HashMap<i32, Vec<usize>> = HashMap::new();
     let mut keep: Vec<bool> = is_strong.to_vec();
     for (i, &id) in ids.iter().enumerate() {

@@ -13,7 +13,11 @@
 //!   in phil order.
 //! * Pixel values are in whatever unit the image holds (ADU for raw data: integrate does not
 //!   divide by `adu_per_photon`, predict-and-stage2.md §1.5). `gain` is the variance-to-mean
-//!   ratio of a background pixel (var = gain·mean).
+//!   ratio of a background pixel (var = gain·mean), i.e. image units per photon: for a
+//!   Jungfrau image stored in keV it is about the photon energy in keV. Without it the
+//!   dispersion test assumes var = mean in image units and finds far too much or too little.
+//! * Phil note: the user's `sim_processing.phil` sets `global_threshold` twice (0, then 10);
+//!   phil keeps the last definition, so its value is 10.
 //!
 //! # The algorithms (DIALS `algorithms/image/threshold/local.h`, dials c054ebea)
 //! Local sums over the window use only trusted pixels whose value is below 2^24 (DIALS' `BIG`,
@@ -134,7 +138,10 @@ impl DispersionParams {
         }
         for (name, v) in [("sigma_background", self.sigma_background), ("sigma_strong", self.sigma_strong)] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::param(format!("{P}.{name}"), format!("must be a finite number ≥ 0, got {v}")));
+                return Err(Error::param(
+                    format!("{P}.{name}"),
+                    format!("must be a finite number ≥ 0, got {v}"),
+                ));
             }
         }
         if !(self.global_threshold.is_finite() && self.global_threshold >= 0.0) {
@@ -145,7 +152,10 @@ impl DispersionParams {
         }
         if let Some(g) = self.gain {
             if !(g.is_finite() && g > 0.0) {
-                return Err(Error::param(format!("{P}.gain"), format!("must be a finite number > 0, got {g}")));
+                return Err(Error::param(
+                    format!("{P}.gain"),
+                    format!("must be a finite number > 0, got {g}"),
+                ));
             }
         }
         let kernel = self.kernel_pixels();
@@ -235,8 +245,12 @@ fn check_shape(shape: [usize; 2], len: usize, what: &str) -> Result<()> {
     let [ny, nx] = shape;
     let n = ny.checked_mul(nx).filter(|&n| n > 0 && n <= (i32::MAX as usize) / 2);
     match n {
-        None => Err(Error::msg(format!("{what}: image shape {ny}×{nx} must be non-empty and below 2^30 pixels"))),
-        Some(n) if n != len => Err(Error::msg(format!("{what} has {len} values, image shape {ny}×{nx} needs {n}"))),
+        None => {
+            Err(Error::msg(format!("{what}: image shape {ny}×{nx} must be non-empty and below 2^30 pixels")))
+        }
+        Some(n) if n != len => {
+            Err(Error::msg(format!("{what} has {len} values, image shape {ny}×{nx} needs {n}")))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -256,7 +270,13 @@ pub(crate) fn check_image(image: &[f64], shape: [usize; 2], trusted: &[bool]) ->
     Ok(())
 }
 
-fn run(image: &[f64], shape: [usize; 2], trusted: &[bool], gain: Gain, params: &DispersionParams) -> Result<Vec<bool>> {
+fn run(
+    image: &[f64],
+    shape: [usize; 2],
+    trusted: &[bool],
+    gain: Gain,
+    params: &DispersionParams,
+) -> Result<Vec<bool>> {
     params.validate()?;
     check_image(image, shape, trusted)?;
     Ok(match params.algorithm {
@@ -276,8 +296,8 @@ struct Sat {
 
 impl Sat {
     /// Tables over the pixels with `include[k]` and a value below [`BIG`]. Row running sums
-    /// are built in parallel, then each row adds the finished row above (`above + running`,
-    /// the order DIALS uses; IEEE addition is commutative, so the sums are DIALS' bit for bit).
+    /// are built in parallel, then each row adds the finished row above (DIALS computes
+    /// `above + running`; IEEE addition is commutative, so the sums are DIALS' bit for bit).
     fn build(image: &[f64], include: &[bool], shape: [usize; 2], squares: bool) -> Sat {
         let [ny, nx] = shape;
         let n = nx * ny;
@@ -320,10 +340,10 @@ impl Sat {
             let (done, rest) = m.split_at_mut(j * nx);
             rest[..nx].iter_mut().zip(&done[(j - 1) * nx..]).for_each(|(r, a)| *r += *a);
             let (done, rest) = x.split_at_mut(j * nx);
-            rest[..nx].iter_mut().zip(&done[(j - 1) * nx..]).for_each(|(r, a)| *r = *a + *r);
+            rest[..nx].iter_mut().zip(&done[(j - 1) * nx..]).for_each(|(r, a)| *r += *a);
             if squares {
                 let (done, rest) = y.split_at_mut(j * nx);
-                rest[..nx].iter_mut().zip(&done[(j - 1) * nx..]).for_each(|(r, a)| *r = *a + *r);
+                rest[..nx].iter_mut().zip(&done[(j - 1) * nx..]).for_each(|(r, a)| *r += *a);
             }
         }
         Sat { nx, ny, m, x, y }
@@ -390,7 +410,13 @@ fn dispersed(m: f64, x: f64, y: f64, g: Option<f64>, nsig_b: f64) -> bool {
     }
 }
 
-fn dispersion(image: &[f64], shape: [usize; 2], trusted: &[bool], gain: Gain, p: &DispersionParams) -> Vec<bool> {
+fn dispersion(
+    image: &[f64],
+    shape: [usize; 2],
+    trusted: &[bool],
+    gain: Gain,
+    p: &DispersionParams,
+) -> Vec<bool> {
     let [ny, nx] = shape;
     let [ky, kx] = p.kernel_size;
     let sat = Sat::build(image, trusted, shape, true);
@@ -617,8 +643,14 @@ mod tests {
         assert!(threshold_panel(&img, [2, 3], &trusted, &p).is_ok());
         let pg = DispersionParams { gain: Some(2.0), ..Default::default() };
         assert!(threshold_panel_with_gain_map(&[1.0; 6], [2, 3], &[true; 6], &[1.0; 6], &pg).is_err());
-        assert!(threshold_panel_with_gain_map(&[1.0; 6], [2, 3], &[true; 6], &[1.0, -1.0, 1.0, 1.0, 1.0, 1.0], &p)
-            .is_err());
+        assert!(threshold_panel_with_gain_map(
+            &[1.0; 6],
+            [2, 3],
+            &[true; 6],
+            &[1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
+            &p
+        )
+        .is_err());
     }
 
     #[test]
