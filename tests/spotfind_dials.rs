@@ -140,7 +140,7 @@ fn labelling_and_centroids_from_strong_pixels_match_dials() {
     compare(&spots, &f.table);
 
     // The table has DIALS' strong-spot columns, and its shoeboxes are DIALS' shoeboxes.
-    let t = spots_to_table(&spots, &TableOptions { id: 0, shoeboxes: true }).unwrap();
+    let t = spots_to_table(&spots, &TableOptions { shoeboxes: true, ..Default::default() }).unwrap();
     let names: Vec<&str> = t.column_names().collect();
     let theirs: Vec<&str> = f.table.column_names().collect();
     assert_eq!(names, theirs);

@@ -340,23 +340,32 @@ pub fn model_spots_panel(
     label_panel(model, &mask, shape, panel, 0, label)
 }
 
-/// Options for [`spots_to_table`].
-#[derive(Clone, Debug, PartialEq, Default)]
+/// Options for [`spots_to_table`]. [`Default`]: id 0, flags = strong, no shoeboxes.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TableOptions {
     /// Experiment index written to `id` (and `imageset_id`, one imageset per still).
     pub id: i32,
+    /// The `flags` value of every row: [`flags::STRONG`] for spots found on data,
+    /// [`flags::PREDICTED`] for model spots (the reference writes flags = 1 for those).
+    pub flags: u64,
     /// Add the `shoebox` column (f32 data, int32 masks; DIALS v1 layout).
     pub shoeboxes: bool,
 }
 
-/// A DIALS strong-spot table: `bbox, flags (strong), id, imageset_id, intensity.sum.value,
+impl Default for TableOptions {
+    fn default() -> Self {
+        TableOptions { id: 0, flags: flags::STRONG, shoeboxes: false }
+    }
+}
+
+/// A DIALS spot table: `bbox, flags, id, imageset_id, intensity.sum.value,
 /// intensity.sum.variance, n_signal, panel, xyzobs.px.value, xyzobs.px.variance` and optionally
 /// `shoebox` (the columns `dials.find_spots` writes).
 pub fn spots_to_table(spots: &[Spot], opts: &TableOptions) -> Result<ReflectionTable> {
     let n = spots.len();
     let mut t = ReflectionTable::new(n);
     t.insert("bbox", spots.iter().map(|s| s.bbox).collect::<Vec<_>>())?;
-    t.insert("flags", vec![flags::STRONG; n])?;
+    t.insert("flags", vec![opts.flags; n])?;
     t.insert("id", vec![opts.id; n])?;
     t.insert("imageset_id", vec![opts.id; n])?;
     t.insert("intensity.sum.value", spots.iter().map(|s| s.intensity).collect::<Vec<_>>())?;
@@ -514,7 +523,8 @@ mod tests {
     fn table_and_shoebox_columns() {
         let (v, m, s) = grid(&["0120", "0030"]);
         let spots = label_panel(&v, &m, s, 1, 0, &LabelParams::default()).unwrap();
-        let mut t = spots_to_table(&spots, &TableOptions { id: 4, shoeboxes: true }).unwrap();
+        let mut t =
+            spots_to_table(&spots, &TableOptions { id: 4, shoeboxes: true, ..Default::default() }).unwrap();
         assert_eq!(t.nrows(), 1);
         assert_eq!(t.get_int("n_signal").unwrap(), &[3]);
         assert_eq!(t.get_double("intensity.sum.value").unwrap(), &[6.0]);
