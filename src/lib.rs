@@ -17,6 +17,7 @@ pub mod error;
 pub mod experiment;
 pub mod geometry;
 pub mod io;
+pub mod predict;
 pub mod reflections;
 pub mod refine;
 pub mod image;
