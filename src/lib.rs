@@ -16,6 +16,7 @@ pub mod experiment;
 pub mod geometry;
 pub mod io;
 pub mod reflections;
+pub mod report;
 pub mod refine;
 pub mod spectrum;
 #[doc(hidden)]
