@@ -83,7 +83,7 @@ pub fn deltapsi_histograms(cmp: &Comparison, groups: &[PanelGroup]) -> Canvas {
     let (scale, cw, ch) = if m == 1 { (2usize, 760usize, 520usize) } else { (1, 230, 165) };
     let top = 30 * scale;
     let mut c = Canvas::new(cols * cw + 20, rows * ch + top + 10, WHITE);
-    c.text(10, 6, &format!("Δψ (deg) per panel: input (blue) vs refined (orange), range ±{lim}"), BLACK, scale);
+    c.text(10, 6, &format!("Δψ (deg): input blue, refined orange; range ±{lim}"), BLACK, scale);
     let th = text_height(scale) as f64;
     for (k, (name, panels)) in units.iter().enumerate() {
         let (gx, gy) = ((k % cols) * cw + 10, (k / cols) * ch + top);
@@ -97,7 +97,7 @@ pub fn deltapsi_histograms(cmp: &Comparison, groups: &[PanelGroup]) -> Canvas {
         let ymax = hb.iter().chain(&ha).copied().max().unwrap_or(1).max(1) as f64 * 1.1;
         let left = 8.0 * th.max(1.0);
         let ax = Axes::new(
-            (gx as f64 + left * 0.45, gy as f64 + th + 8.0, (gx + cw) as f64 - 12.0, (gy + ch) as f64 - 2.5 * th - 8.0),
+            (gx as f64 + left * 0.45, gy as f64 + th + 8.0, (gx + cw) as f64 - 12.0 * scale as f64, (gy + ch) as f64 - 2.5 * th - 8.0),
             (-lim, lim),
             (0.0, ymax),
         );
@@ -146,7 +146,7 @@ pub fn offset_histograms(cmp: &Comparison) -> Canvas {
             x0 as i64 + 8,
             88,
             &[(BLUE, &format!("input RMSD {}", fmt(*rb, 1))), (ORANGE, &format!("refined RMSD {}", fmt(*ra, 1)))],
-            1,
+            2,
         );
     }
     c
