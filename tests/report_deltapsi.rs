@@ -9,7 +9,9 @@
 use diffbragg::conventions::Vec3;
 use diffbragg::experiment::ExperimentList;
 use diffbragg::io::dials_refl::read_refl;
-use diffbragg::report::deltapsi::{predict_on_detector, predict_on_panel, predict_ray, s0_for_spectrum, PxMm};
+use diffbragg::report::deltapsi::{
+    predict_on_detector, predict_on_panel, predict_ray, s0_for_spectrum, PxMm,
+};
 use diffbragg::report::residuals::{evaluate, CalSource, EvalOptions, ModelKind};
 use diffbragg::spectrum::Spectrum;
 use diffbragg::testutil::shared;
@@ -86,7 +88,10 @@ fn cunir_evaluation_reproduces_dials_columns_and_obs_mm() {
             // Table mode converts xyzcal.px back to mm with dxtbx's approximate
             // parallax inverse: equal to well below a micrometre, not bit-exact.
             let tol = if source == CalSource::Repredict { 1e-6 } else { 1e-4 };
-            assert!((r.cal_mm[0] - mm[i][0]).abs() < tol && (r.cal_mm[1] - mm[i][1]).abs() < tol, "{source:?}");
+            assert!(
+                (r.cal_mm[0] - mm[i][0]).abs() < tol && (r.cal_mm[1] - mm[i][1]).abs() < tol,
+                "{source:?}"
+            );
             assert_eq!(r.obs_mm, [obs_mm[i][0], obs_mm[i][1]]);
             // The repredicted spot lies on the Ewald sphere: d = λ / (2 sin θ_cal).
             if source == CalSource::Repredict {

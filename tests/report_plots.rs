@@ -90,7 +90,12 @@ fn cunir_report_before_after() {
     let det = refined.experiments[0].detector.as_ref().unwrap();
     let groups = panel_groups(det, 0);
     let (before, after) = cmp.dataset(&groups);
-    assert!(before.overall.rmsd_um > 1.5 * after.overall.rmsd_um, "{} {}", before.overall.rmsd_um, after.overall.rmsd_um);
+    assert!(
+        before.overall.rmsd_um > 1.5 * after.overall.rmsd_um,
+        "{} {}",
+        before.overall.rmsd_um,
+        after.overall.rmsd_um
+    );
     assert!(before.overall.delpsi_sd_deg > after.overall.delpsi_sd_deg);
 
     let out = tmp.path().join("report");
@@ -98,7 +103,10 @@ fn cunir_report_before_after() {
     assert_eq!(files.len(), 6);
     let txt = std::fs::read_to_string(out.join("summary.txt")).unwrap();
     assert!(txt.contains("360 reflections paired"), "{txt}");
-    assert!(txt.contains(&format!("{:.2}", before.overall.rmsd_um)) && txt.contains(&format!("{:.2}", after.overall.rmsd_um)));
+    assert!(
+        txt.contains(&format!("{:.2}", before.overall.rmsd_um))
+            && txt.contains(&format!("{:.2}", after.overall.rmsd_um))
+    );
     check_png(&out.join("deltapsi_by_panel.png"), Some((780, 590)), &[BLUE, ORANGE]);
     check_png(&out.join("offset_histograms.png"), Some((1300, 560)), &[BLUE, ORANGE]);
     check_png(&out.join("deltapsi_vs_two_theta.png"), Some((900, 640)), &[BLUE, ORANGE]);
@@ -134,7 +142,9 @@ fn cspad_report_per_panel_and_per_quadrant() {
                     if q.norm_squared() > 0.25 || ((s0 + q).norm() - s0.norm()).abs() > 1e-3 {
                         continue;
                     }
-                    let Ok(p) = diffbragg::report::deltapsi::predict_on_detector(&a, &s0, [h, k, l], det, &pxmm) else {
+                    let Ok(p) =
+                        diffbragg::report::deltapsi::predict_on_detector(&a, &s0, [h, k, l], det, &pxmm)
+                    else {
                         continue;
                     };
                     if p.delpsi.abs() < 0.03f64.to_radians() && ![h, k, l].iter().all(|&x| x == 0) {

@@ -18,6 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
+/// A predicted spot: (experiment, hkl, panel, panel mm, Δψ rad).
+type Spot = (usize, [i32; 3], usize, [f64; 2], f64);
+
 const CSPAD: &str = "fixtures/dials_data_files/cspad/benchmark_level2d.json";
 
 fn run_numpy(dir: &Path, input: &Value) -> Value {
@@ -87,7 +90,14 @@ fn check_against_numpy(rows: &[ResidualRow], det: &diffbragg::geometry::Detector
         mine.sort_unstable();
         let t = theirs
             .iter()
-            .find(|t| t["panels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).eq(mine.iter().copied()))
+            .find(|t| {
+                t["panels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as usize)
+                    .eq(mine.iter().copied())
+            })
             .unwrap_or_else(|| panic!("numpy has no group with panels {mine:?}"));
         compare_stats(&format!("group {}", g.name), s, &t["stats"]);
     }
@@ -123,7 +133,7 @@ fn cunir_residuals_match_numpy_reading_the_dials_files() {
 
 /// Predicted spots of the first `n_expt` CSPAD benchmark experiments with
 /// |Δψ| < 0.05°: (experiment, hkl, panel, mm, Δψ rad).
-fn cspad_spots(el: &ExperimentList, n_expt: usize) -> Vec<(usize, [i32; 3], usize, [f64; 2], f64)> {
+fn cspad_spots(el: &ExperimentList, n_expt: usize) -> Vec<Spot> {
     let mut out = Vec::new();
     for (ei, e) in el.experiments.iter().take(n_expt).enumerate() {
         let det = e.detector.as_ref().unwrap();
@@ -156,7 +166,7 @@ fn cspad_spots(el: &ExperimentList, n_expt: usize) -> Vec<(usize, [i32; 3], usiz
 /// taken at the observed spot).
 fn table_with_offsets(
     el: &ExperimentList,
-    spots: &[(usize, [i32; 3], usize, [f64; 2], f64)],
+    spots: &[Spot],
     shift: impl Fn(usize, usize) -> (f64, f64),
     var: impl Fn(usize) -> f64,
 ) -> ReflectionTable {
@@ -220,7 +230,12 @@ fn cspad_injected_per_panel_shifts_are_recovered_with_their_signs() {
     for r in &ev.rows {
         let (dr, dt) = injected(r.panel as usize);
         assert!((r.radial_mm - dr).abs() < 1e-9, "panel {} radial {} vs {dr}", r.panel, r.radial_mm);
-        assert!((r.transverse_mm - dt).abs() < 1e-9, "panel {} transverse {} vs {dt}", r.panel, r.transverse_mm);
+        assert!(
+            (r.transverse_mm - dt).abs() < 1e-9,
+            "panel {} transverse {} vs {dt}",
+            r.panel,
+            r.transverse_mm
+        );
     }
     let bp = by_panel(&ev.rows);
     assert!(bp.len() >= 40, "spots on only {} panels", bp.len());
@@ -278,7 +293,9 @@ fn cspad_noisy_residuals_match_numpy_per_panel_group_and_dataset() {
     let spots = cspad_spots(&el, 8);
     let mut rng = ChaCha8Rng::seed_from_u64(5150);
     let noise: Vec<(f64, f64, f64)> = (0..spots.len())
-        .map(|_| (rng.random_range(-0.008..0.008), rng.random_range(-0.006..0.006), rng.random_range(2e-5..4e-4)))
+        .map(|_| {
+            (rng.random_range(-0.008..0.008), rng.random_range(-0.006..0.006), rng.random_range(2e-5..4e-4))
+        })
         .collect();
     // Radial offsets correlated with Δψ, plus per-panel shifts and noise.
     let t = table_with_offsets(
@@ -301,7 +318,10 @@ fn cspad_noisy_residuals_match_numpy_per_panel_group_and_dataset() {
         })
         .collect();
     for level in [0usize, 1, 2] {
-        let np = run_numpy(tmp.path(), &json!({"expt": shared(CSPAD), "rows": rows_json, "hierarchy_level": level}));
+        let np = run_numpy(
+            tmp.path(),
+            &json!({"expt": shared(CSPAD), "rows": rows_json, "hierarchy_level": level}),
+        );
         check_against_numpy(&ev.rows, &det, level, &np);
     }
     let all = GroupStats::of(&ev.rows);

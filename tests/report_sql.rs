@@ -116,7 +116,9 @@ fn query(conn: &Connection, sql: &str) -> Vec<BTreeMap<String, f64>> {
         for (i, n) in names.iter().enumerate() {
             let v = match r.get_ref(i).unwrap() {
                 duckdb::types::ValueRef::Null => f64::NAN,
-                duckdb::types::ValueRef::Text(t) => ModelKind::parse(std::str::from_utf8(t).unwrap()).unwrap() as u8 as f64,
+                duckdb::types::ValueRef::Text(t) => {
+                    ModelKind::parse(std::str::from_utf8(t).unwrap()).unwrap() as u8 as f64
+                }
                 _ => r.get::<_, f64>(i).unwrap(),
             };
             m.insert(n.clone(), v);
@@ -207,14 +209,16 @@ fn views_reproduce_rust_statistics() {
     for model in [ModelKind::Input, ModelKind::Refined] {
         let mine: Vec<ResidualRow> = rows.iter().filter(|r| r.model == model).cloned().collect();
         let m = model.as_str();
-        let sql = query(&conn, &format!("SELECT * FROM residuals_by_panel WHERE model = '{m}' ORDER BY panel"));
+        let sql =
+            query(&conn, &format!("SELECT * FROM residuals_by_panel WHERE model = '{m}' ORDER BY panel"));
         let rust = by_panel(&mine);
         assert_eq!(sql.len(), rust.len());
         for (v, (p, s)) in sql.iter().zip(&rust) {
             assert_eq!(v["panel"], *p as f64);
             check_group(&format!("{m} panel {p}"), v, s);
         }
-        let sql = query(&conn, &format!("SELECT * FROM residuals_by_shot WHERE model = '{m}' ORDER BY shot_id"));
+        let sql =
+            query(&conn, &format!("SELECT * FROM residuals_by_shot WHERE model = '{m}' ORDER BY shot_id"));
         let rust = by_shot(&mine);
         assert_eq!(sql.len(), 5);
         for (v, (shot, s)) in sql.iter().zip(&rust) {
@@ -251,7 +255,8 @@ fn views_over_many_panels_and_an_empty_table() {
     let conn = Connection::open_in_memory().unwrap();
     create_table(&conn);
     conn.execute_batch(VIEWS).unwrap();
-    for view in ["residuals_by_panel", "residuals_by_shot", "residuals_dataset", "residuals_panel_comparison"] {
+    for view in ["residuals_by_panel", "residuals_by_shot", "residuals_dataset", "residuals_panel_comparison"]
+    {
         assert!(query(&conn, &format!("SELECT * FROM {view}")).is_empty(), "{view}");
     }
     // Spread the CuNiR rows over fake panels (odd and even counts, tiny groups)

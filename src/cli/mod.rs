@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Print version and build information.
     Info,
+    /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
+    Residuals(crate::report::cli::ResidualsArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -26,5 +28,6 @@ pub fn run() -> anyhow::Result<()> {
             println!("diffbragg {} (features: mpi={})", env!("CARGO_PKG_VERSION"), cfg!(feature = "mpi"));
             Ok(())
         }
+        Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
     }
 }

@@ -19,6 +19,9 @@
 //! The spectrum-aware variant is the same prediction with `s0 = ŝ0/λ̄`, where λ̄ is
 //! the spectrum's weighted mean wavelength (diffBragg sets the refined beam to it).
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::fmt;
 
 use crate::conventions::{Mat3, Vec3};
@@ -142,7 +145,10 @@ impl PxMm {
     }
 
     /// The mappings of every panel of a detector (`metas` may be shorter: defaults).
-    pub fn for_detector(detector: &Detector, metas: &crate::experiment::DetectorMeta) -> Result<Vec<PxMm>, String> {
+    pub fn for_detector(
+        detector: &Detector,
+        metas: &crate::experiment::DetectorMeta,
+    ) -> Result<Vec<PxMm>, String> {
         detector.panels.iter().enumerate().map(|(i, p)| PxMm::for_panel(p, &metas.panel(i))).collect()
     }
 

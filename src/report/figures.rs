@@ -10,8 +10,8 @@
 use crate::geometry::Detector;
 
 use super::plot::{
-    colorbar, diverging, histogram, legend, text_height, text_width, Axes, Canvas, Rgb, BLACK, BLUE, GREY, LIGHT_GREY,
-    ORANGE, WHITE,
+    colorbar, diverging, histogram, legend, text_height, text_width, Axes, Canvas, Rgb, BLACK, BLUE, GREY,
+    LIGHT_GREY, ORANGE, WHITE,
 };
 use super::residuals::ResidualRow;
 use super::stats::{GroupStats, PanelGroup};
@@ -97,7 +97,12 @@ pub fn deltapsi_histograms(cmp: &Comparison, groups: &[PanelGroup]) -> Canvas {
         let ymax = hb.iter().chain(&ha).copied().max().unwrap_or(1).max(1) as f64 * 1.1;
         let left = 8.0 * th.max(1.0);
         let ax = Axes::new(
-            (gx as f64 + left * 0.45, gy as f64 + th + 8.0, (gx + cw) as f64 - 12.0 * scale as f64, (gy + ch) as f64 - 2.5 * th - 8.0),
+            (
+                gx as f64 + left * 0.45,
+                gy as f64 + th + 8.0,
+                (gx + cw) as f64 - 12.0 * scale as f64,
+                (gy + ch) as f64 - 2.5 * th - 8.0,
+            ),
             (-lim, lim),
             (0.0, ymax),
         );
@@ -107,7 +112,12 @@ pub fn deltapsi_histograms(cmp: &Comparison, groups: &[PanelGroup]) -> Canvas {
         ax.line(&mut c, 0.0, 0.0, 0.0, ymax, GREY);
         let sb = GroupStats::of(cmp.before.iter().filter(|r| panels.contains(&(r.panel as usize))));
         let sa = GroupStats::of(cmp.after.iter().filter(|r| panels.contains(&(r.panel as usize))));
-        let title = format!("{name} n={} mean {}→{}", b.len(), fmt(sb.delpsi_mean_deg, 3), fmt(sa.delpsi_mean_deg, 3));
+        let title = format!(
+            "{name} n={} mean {}→{}",
+            b.len(),
+            fmt(sb.delpsi_mean_deg, 3),
+            fmt(sa.delpsi_mean_deg, 3)
+        );
         let xl = if m == 1 { "Δψ (deg)" } else { "" };
         let yl = if m == 1 { "reflections" } else { "" };
         ax.draw_frame(&mut c, &title, xl, yl, scale);
@@ -145,7 +155,10 @@ pub fn offset_histograms(cmp: &Comparison) -> Canvas {
             &mut c,
             x0 as i64 + 8,
             88,
-            &[(BLUE, &format!("input RMSD {}", fmt(*rb, 1))), (ORANGE, &format!("refined RMSD {}", fmt(*ra, 1)))],
+            &[
+                (BLUE, &format!("input RMSD {}", fmt(*rb, 1))),
+                (ORANGE, &format!("refined RMSD {}", fmt(*ra, 1))),
+            ],
             2,
         );
     }
@@ -201,7 +214,11 @@ pub fn detector_offsets(rows: &[ResidualRow], detector: &Detector, what: &str) -
     let (ax0, ay0, side) = (110.0, 60.0, 740.0);
     let span = (hi[0] - lo[0]).max(hi[1] - lo[1]) * 1.04;
     let (cx, cy) = ((lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0);
-    let ax = Axes::new((ax0, ay0, ax0 + side, ay0 + side), (cx - span / 2.0, cx + span / 2.0), (cy - span / 2.0, cy + span / 2.0));
+    let ax = Axes::new(
+        (ax0, ay0, ax0 + side, ay0 + side),
+        (cx - span / 2.0, cx + span / 2.0),
+        (cy - span / 2.0, cy + span / 2.0),
+    );
     let big = detector.panels.len() <= 1 || side / detector.panels.len() as f64 > 6.0;
     for (i, p) in detector.panels.iter().enumerate() {
         let q = corners(p);
@@ -213,7 +230,9 @@ pub fn detector_offsets(rows: &[ResidualRow], detector: &Detector, what: &str) -
         if big {
             let label = i.to_string();
             let (px, py) = (ax.px(centre.x), ax.py(centre.y));
-            c.text(px as i64 - text_width(&label, 1) as i64 / 2, py as i64 - 3, &label, LIGHT_GREY, 1);
+            if ax.contains_px(px, py) {
+                c.text(px as i64 - text_width(&label, 1) as i64 / 2, py as i64 - 3, &label, LIGHT_GREY, 1);
+            }
         }
     }
     let mut per_panel: Vec<(crate::conventions::Vec3, usize)> =
@@ -250,6 +269,12 @@ pub fn detector_offsets(rows: &[ResidualRow], detector: &Detector, what: &str) -
     c.line(bx + blen, by - 4.0, bx + blen, by + 4.0, BLACK);
     c.text(bx as i64, by as i64 + 8, "0.1 mm", BLACK, 1);
     c.text(bx as i64, by as i64 + 20, "offset", BLACK, 1);
-    c.text(16, (ay0 + side) as i64 + 60, &format!("{} reflections; black: panel mean offset × {DELTA_SCALAR}", rows.len()), BLACK, 1);
+    c.text(
+        16,
+        (ay0 + side) as i64 + 60,
+        &format!("{} reflections; black: panel mean offset × {DELTA_SCALAR}", rows.len()),
+        BLACK,
+        1,
+    );
     c
 }

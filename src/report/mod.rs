@@ -14,6 +14,7 @@
 //! * [`summary`]: the before-vs-after [`summary::Comparison`] and its text table.
 //! * [`figures`]: the PNG figures, drawn with the small rasteriser in [`plot`]
 //!   (own bitmap font in [`font`]; no system fonts needed).
+//! * [`cli`]: the `diffbragg residuals` subcommand.
 //!
 //! # Conventions (shared by every submodule)
 //! * Offsets are **cal − obs** (model minus observation), in lab millimetres;
@@ -30,6 +31,7 @@
 //! * Pixel coordinates have the dxtbx pixel-corner origin; panel millimetres
 //!   are dxtbx "mm" (parallax-corrected where the panel's strategy says so).
 
+pub mod cli;
 pub mod deltapsi;
 pub mod figures;
 pub mod font;

@@ -5,6 +5,9 @@
 //! [`Axes`] maps data coordinates into a pixel rectangle with y **up**.
 //! Nothing here knows about crystallography; [`super::figures`] composes it.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::io::Write;
 use std::path::Path;
 
@@ -58,29 +61,31 @@ impl Canvas {
     pub fn blend(&mut self, x: i64, y: i64, c: Rgb, alpha: f64) {
         if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
             let i = 3 * (y as usize * self.width + x as usize);
-            for k in 0..3 {
-                let v = self.data[i + k] as f64 * (1.0 - alpha) + c[k] as f64 * alpha;
-                self.data[i + k] = v.round().clamp(0.0, 255.0) as u8;
+            for (d, &ck) in self.data[i..i + 3].iter_mut().zip(&c) {
+                let v = *d as f64 * (1.0 - alpha) + ck as f64 * alpha;
+                *d = v.round().clamp(0.0, 255.0) as u8;
             }
         }
     }
 
-    /// Filled rectangle, corners inclusive.
+    /// Filled rectangle, corners inclusive (clipped to the canvas).
     pub fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb) {
-        for y in y0.min(y1)..=y0.max(y1) {
-            for x in x0.min(x1)..=x0.max(x1) {
+        let (w, h) = (self.width as i64, self.height as i64);
+        for y in y0.min(y1).max(0)..=y0.max(y1).min(h - 1) {
+            for x in x0.min(x1).max(0)..=x0.max(x1).min(w - 1) {
                 self.set(x, y, c);
             }
         }
     }
 
-    /// Rectangle outline, corners inclusive.
+    /// Rectangle outline, corners inclusive (clipped to the canvas).
     pub fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb) {
-        for x in x0..=x1 {
+        let (w, h) = (self.width as i64, self.height as i64);
+        for x in x0.max(-1)..=x1.min(w) {
             self.set(x, y0, c);
             self.set(x, y1, c);
         }
-        for y in y0..=y1 {
+        for y in y0.max(-1)..=y1.min(h) {
             self.set(x0, y, c);
             self.set(x1, y, c);
         }
@@ -118,7 +123,9 @@ impl Canvas {
 
     /// Filled disc of radius `r` pixels.
     pub fn disc(&mut self, cx: f64, cy: f64, r: f64, c: Rgb) {
-        if !(cx.is_finite() && cy.is_finite()) {
+        let m = r.abs() + 2.0;
+        if !(cx > -m && cy > -m && cx < self.width as f64 + m && cy < self.height as f64 + m && r.is_finite())
+        {
             return;
         }
         let ri = r.ceil() as i64;
@@ -140,13 +147,19 @@ impl Canvas {
             for (r, bits) in rows.iter().enumerate() {
                 for col in 0..5 {
                     if bits & (0x10 >> col) != 0 {
-                        let px = cx + (col * scale) as i64;
-                        let py = y + ((r + shift) * scale) as i64;
-                        self.fill_rect(px, py, px + scale as i64 - 1, py + scale as i64 - 1, c);
+                        let px = cx.saturating_add((col * scale) as i64);
+                        let py = y.saturating_add(((r + shift) * scale) as i64);
+                        self.fill_rect(
+                            px,
+                            py,
+                            px.saturating_add(scale as i64 - 1),
+                            py.saturating_add(scale as i64 - 1),
+                            c,
+                        );
                     }
                 }
             }
-            cx += (CELL_W * scale) as i64;
+            cx = cx.saturating_add((CELL_W * scale) as i64);
         }
     }
 
@@ -163,9 +176,15 @@ impl Canvas {
                         // Unrotated (u, v) = (k·cell + col, row) → rotated (v, len − u).
                         let u = ((k * CELL_W + col) * scale) as i64;
                         let v = ((r + shift) * scale) as i64;
-                        let px = x + v;
-                        let py = y + len - u - scale as i64;
-                        self.fill_rect(px, py, px + scale as i64 - 1, py + scale as i64 - 1, c);
+                        let px = x.saturating_add(v);
+                        let py = y.saturating_add(len - u - scale as i64);
+                        self.fill_rect(
+                            px,
+                            py,
+                            px.saturating_add(scale as i64 - 1),
+                            py.saturating_add(scale as i64 - 1),
+                            c,
+                        );
                     }
                 }
             }
@@ -174,7 +193,7 @@ impl Canvas {
 
     /// Text centred horizontally on `cx`.
     pub fn text_centred(&mut self, cx: i64, y: i64, s: &str, c: Rgb, scale: usize) {
-        self.text(cx - text_width(s, scale) as i64 / 2, y, s, c, scale);
+        self.text(cx.saturating_sub(text_width(s, scale) as i64 / 2), y, s, c, scale);
     }
 
     /// Fraction of pixels that differ from `bg`.
@@ -250,7 +269,7 @@ fn clip_line(x0: f64, y0: f64, x1: f64, y1: f64, w: f64, h: f64) -> Option<(f64,
             }
         }
     }
-    (t0 <= t1).then(|| (x0 + t0 * dx, y0 + t0 * dy, x0 + t1 * dx, y0 + t1 * dy))
+    (t0 <= t1).then_some((x0 + t0 * dx, y0 + t0 * dy, x0 + t1 * dx, y0 + t1 * dy))
 }
 
 /// Diverging blue–grey–red map of `t` ∈ [−1, 1] (values outside are clipped),
@@ -283,9 +302,13 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     let raw = (hi - lo) / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let first = (lo / step).ceil() as i64;
-    let last = (hi / step).floor() as i64;
-    (first..=last).map(|k| k as f64 * step).collect()
+    let first = (lo / step).ceil();
+    let last = (hi / step).floor();
+    // Guards against ranges below the resolution of f64 (ticks would repeat).
+    if !(first.is_finite() && last.is_finite()) || last - first > 1000.0 {
+        return vec![];
+    }
+    (first as i64..=last as i64).map(|k| k as f64 * step).collect()
 }
 
 /// Label of a tick value with just enough decimals for the spacing `step`.
@@ -358,14 +381,16 @@ impl Axes {
     pub fn draw_frame(&self, c: &mut Canvas, title: &str, xlabel: &str, ylabel: &str, scale: usize) {
         let (x0, y0, x1, y1) = (self.x0 as i64, self.y0 as i64, self.x1 as i64, self.y1 as i64);
         let th = text_height(scale) as i64;
-        let xt = nice_ticks(self.xr.0, self.xr.1, ((self.x1 - self.x0) / (70.0 * scale as f64)).max(2.0) as usize);
+        let xt =
+            nice_ticks(self.xr.0, self.xr.1, ((self.x1 - self.x0) / (70.0 * scale as f64)).max(2.0) as usize);
         let step = if xt.len() > 1 { xt[1] - xt[0] } else { 1.0 };
         for &t in &xt {
             let x = self.px(t).round() as i64;
             c.line(x as f64, y1 as f64, x as f64, (y1 + 4) as f64, BLACK);
             c.text_centred(x, y1 + 6, &tick_label(t, step), BLACK, scale);
         }
-        let yt = nice_ticks(self.yr.0, self.yr.1, ((self.y1 - self.y0) / (40.0 * scale as f64)).max(2.0) as usize);
+        let yt =
+            nice_ticks(self.yr.0, self.yr.1, ((self.y1 - self.y0) / (40.0 * scale as f64)).max(2.0) as usize);
         let step = if yt.len() > 1 { yt[1] - yt[0] } else { 1.0 };
         let mut max_w = 0;
         for &t in &yt {
@@ -389,8 +414,14 @@ impl Axes {
         // Clip in the axes' own rectangle by shifting into its frame.
         let w = self.x1 - self.x0;
         let h = self.y1 - self.y0;
-        if let Some((a, b, d, e)) = clip_line(a - self.x0 - 1.0, b - self.y0 - 1.0, d - self.x0 - 1.0, e - self.y0 - 1.0, w - 1.0, h - 1.0)
-        {
+        if let Some((a, b, d, e)) = clip_line(
+            a - self.x0 - 1.0,
+            b - self.y0 - 1.0,
+            d - self.x0 - 1.0,
+            e - self.y0 - 1.0,
+            w - 1.0,
+            h - 1.0,
+        ) {
             c.line(a + self.x0 + 1.0, b + self.y0 + 1.0, d + self.x0 + 1.0, e + self.y0 + 1.0, col);
         }
     }

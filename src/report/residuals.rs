@@ -242,10 +242,9 @@ pub fn evaluate_shot(
     if !s0.iter().all(|v| v.is_finite()) {
         return Err(expt.error("beam direction is zero or not finite"));
     }
-    let a = crystal.a_matrix();
-    if !a.iter().all(|v| v.is_finite()) {
-        return Err(expt.error("crystal A matrix is not finite"));
-    }
+    let a = crate::conventions::reciprocal_from_real(&crystal.real)
+        .filter(|a| a.iter().all(|v| v.is_finite()))
+        .ok_or_else(|| expt.error("crystal real-space vectors are degenerate or not finite"))?;
     let pxmm = PxMm::for_detector(detector, &expt.detector_meta).map_err(|m| expt.error(m))?;
 
     let panels = refls.get_size("panel")?;
@@ -265,7 +264,9 @@ pub fn evaluate_shot(
     };
     let flag_col = if opts.used_in_refinement_only {
         Some(refls.get_size("flags").map_err(|e| {
-            Error::msg(format!("{e}; the used-in-refinement filter needs it (turn the filter off to keep every row)"))
+            Error::msg(format!(
+                "{e}; the used-in-refinement filter needs it (turn the filter off to keep every row)"
+            ))
         })?)
     } else {
         None
@@ -279,7 +280,8 @@ pub fn evaluate_shot(
                 continue;
             }
         }
-        let skip = |out: &mut Evaluation, reason: String| out.skipped.push(Skipped { shot_id, refl_id, reason });
+        let skip =
+            |out: &mut Evaluation, reason: String| out.skipped.push(Skipped { shot_id, refl_id, reason });
         let pid = panels[i];
         let panel = usize::try_from(pid).ok().and_then(|p| detector.panels.get(p)).ok_or_else(|| {
             expt.error(format!(
@@ -359,15 +361,29 @@ pub fn evaluate_shot(
             }
         };
         let Some(off) = offsets(panel, &s0, obs_mm, cal_mm) else {
-            skip(&mut out, "no radial direction (beam misses the panel plane or spot at the beam centre)".into());
+            skip(
+                &mut out,
+                "no radial direction (beam misses the panel plane or spot at the beam centre)".into(),
+            );
             continue;
         };
         // dxtbx evaluates 2θ at pixel coordinates (px → mm → lab).
-        let tt = |px: [f64; 2]| pm.px_to_mm(panel, px).map(|mm| two_theta_deg(&s0, &panel.mm_to_lab(mm[0], mm[1])));
+        let tt = |px: [f64; 2]| {
+            pm.px_to_mm(panel, px).map(|mm| two_theta_deg(&s0, &panel.mm_to_lab(mm[0], mm[1])))
+        };
         let (Some(tt_obs), Some(tt_cal)) = (tt(obs_px), tt(cal_px)) else {
             skip(&mut out, "2θ undefined (pixel cannot be converted to mm)".into());
             continue;
         };
+        if ![off.radial_mm, off.transverse_mm, tt_obs, tt_cal]
+            .iter()
+            .chain(&cal_mm)
+            .chain(&cal_px)
+            .all(|v| v.is_finite())
+        {
+            skip(&mut out, "geometry gives non-finite offsets (check the panel and beam models)".into());
+            continue;
+        }
         let q = a * Vec3::new(hkl[0] as f64, hkl[1] as f64, hkl[2] as f64);
         let obs_var_mm2 = match (obs_mm_var, obs_px_var) {
             (Some(v), _) => Vec3::new(v[i][0], v[i][1], v[i][2]).norm(),
@@ -419,7 +435,8 @@ pub fn evaluate(
         }
     }
     let ids = refls.get_int("id")?;
-    if let Some((row, bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= experiments.len()) {
+    if let Some((row, bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= experiments.len())
+    {
         return Err(Error::msg(format!(
             "reflection row {row} has id {bad}, but there are {} experiments",
             experiments.len()

@@ -20,6 +20,9 @@
 //! variance but divides by the count of all rows. Here the unweighted RMSD uses all
 //! rows for both.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::collections::BTreeMap;
 
 use crate::geometry::{Detector, NodeChild};
@@ -224,13 +227,19 @@ pub fn panel_groups(detector: &Detector, level: usize) -> Vec<PanelGroup> {
                 if depth == level {
                     let mut p = Vec::new();
                     leaves(node, &mut p);
-                    let name = if node.name.is_empty() { format!("group {}", groups.len()) } else { node.name.clone() };
+                    let name = match (node.name.is_empty(), depth) {
+                        (false, _) => node.name.clone(),
+                        (true, 0) => "detector".into(),
+                        (true, _) => format!("group {}", groups.len()),
+                    };
                     groups.push(PanelGroup { name, panels: p });
                     return;
                 }
                 for c in &node.children {
                     match c {
-                        NodeChild::Panel(i) => groups.push(PanelGroup { name: panel_name(*i), panels: vec![*i] }),
+                        NodeChild::Panel(i) => {
+                            groups.push(PanelGroup { name: panel_name(*i), panels: vec![*i] })
+                        }
                         NodeChild::Group(g) => walk(g, depth + 1, level, groups, panel_name),
                     }
                 }
@@ -383,7 +392,11 @@ mod tests {
 
     #[test]
     fn group_stats_by_hand() {
-        let rows = [row(0, 0.003, 0.004, 0.003, 0.004, 0.02), row(0, 0.0, 0.0, 0.0, 0.0, -0.01), row(1, 0.0, 0.001, 0.001, 0.0, 0.0)];
+        let rows = [
+            row(0, 0.003, 0.004, 0.003, 0.004, 0.02),
+            row(0, 0.0, 0.0, 0.0, 0.0, -0.01),
+            row(1, 0.0, 0.001, 0.001, 0.0, 0.0),
+        ];
         let s = GroupStats::of(&rows[..2]);
         assert_eq!(s.n, 2);
         // |Δ| = 5 µm and 0 → RMSD sqrt(25/2).
@@ -425,7 +438,8 @@ mod tests {
 
     #[test]
     fn hierarchy_levels() {
-        let panels: Vec<Panel> = (0..5).map(|i| Panel { name: format!("p{i}"), ..Default::default() }).collect();
+        let panels: Vec<Panel> =
+            (0..5).map(|i| Panel { name: format!("p{i}"), ..Default::default() }).collect();
         let node = |name: &str, children: Vec<NodeChild>| DetectorNode {
             name: name.into(),
             local_fast: Vec3::x(),
@@ -434,7 +448,8 @@ mod tests {
             children,
         };
         let q0 = node("Q0", vec![NodeChild::Panel(0), NodeChild::Panel(1)]);
-        let q1 = node("Q1", vec![NodeChild::Group(node("S", vec![NodeChild::Panel(2)])), NodeChild::Panel(3)]);
+        let q1 =
+            node("Q1", vec![NodeChild::Group(node("S", vec![NodeChild::Panel(2)])), NodeChild::Panel(3)]);
         let root = node("root", vec![NodeChild::Group(q0), NodeChild::Group(q1)]);
         let det = Detector { panels, hierarchy: Some(root) };
         let g0 = panel_groups(&det, 0);
@@ -444,7 +459,10 @@ mod tests {
         let g1 = panel_groups(&det, 1);
         assert_eq!(g1.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["Q0", "Q1", "p4"]);
         let g2 = panel_groups(&det, 2);
-        assert_eq!(g2.iter().map(|g| g.panels.clone()).collect::<Vec<_>>(), [vec![0], vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!(
+            g2.iter().map(|g| g.panels.clone()).collect::<Vec<_>>(),
+            [vec![0], vec![1], vec![2], vec![3], vec![4]]
+        );
         let flat = Detector { panels: det.panels.clone(), hierarchy: None };
         assert_eq!(panel_groups(&flat, 0)[0].panels.len(), 5);
         assert_eq!(panel_groups(&flat, 1).len(), 5);

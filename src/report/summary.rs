@@ -112,7 +112,8 @@ impl Comparison {
         let _ = writeln!(s);
         let single = groups.iter().all(|g| g.panels.len() == 1);
         let rows: Vec<(String, GroupStats, GroupStats)> = if single {
-            let names: BTreeMap<usize, &str> = groups.iter().map(|g| (g.panels[0], g.name.as_str())).collect();
+            let names: BTreeMap<usize, &str> =
+                groups.iter().map(|g| (g.panels[0], g.name.as_str())).collect();
             self.per_panel()
                 .into_iter()
                 .map(|(p, b, a)| {
@@ -121,7 +122,11 @@ impl Comparison {
                 })
                 .collect()
         } else {
-            self.per_group(groups).into_iter().filter(|(_, b, _)| b.n > 0).map(|(g, b, a)| (g.name, b, a)).collect()
+            self.per_group(groups)
+                .into_iter()
+                .filter(|(_, b, _)| b.n > 0)
+                .map(|(g, b, a)| (g.name, b, a))
+                .collect()
         };
         let hdr = [
             "RMSD µm",
@@ -158,7 +163,11 @@ impl Comparison {
                 .enumerate()
                 .map(|(j, c)| {
                     let pad = widths[j] - c.chars().count();
-                    if j == 0 { format!("{c}{}", " ".repeat(pad)) } else { format!("{}{c}", " ".repeat(pad)) }
+                    if j == 0 {
+                        format!("{c}{}", " ".repeat(pad))
+                    } else {
+                        format!("{}{c}", " ".repeat(pad))
+                    }
                 })
                 .collect();
             let _ = writeln!(s, "{}", cells.join("  ").trim_end());
@@ -177,11 +186,19 @@ impl Comparison {
         line(&mut s, "unweighted RMSD µm", f(db.overall.rmsd_um, 2), f(da.overall.rmsd_um, 2));
         line(&mut s, "weighted RMSD µm (1/|var|)", f(db.weighted_rmsd_um, 2), f(da.weighted_rmsd_um, 2));
         line(&mut s, "radial RMSD µm", f(db.overall.radial_rmsd_um, 2), f(da.overall.radial_rmsd_um, 2));
-        line(&mut s, "transverse RMSD µm", f(db.overall.transverse_rmsd_um, 2), f(da.overall.transverse_rmsd_um, 2));
-        for (k, nm) in ["group RMSD", "group radial RMSD", "group transverse RMSD"].iter().enumerate() {
+        line(
+            &mut s,
+            "transverse RMSD µm",
+            f(db.overall.transverse_rmsd_um, 2),
+            f(da.overall.transverse_rmsd_um, 2),
+        );
+        for (k, nm) in ["group RMSD µm, mean±SD", "group radial µm, mean±SD", "group transv µm, mean±SD"]
+            .iter()
+            .enumerate()
+        {
             line(
                 &mut s,
-                &format!("{nm} µm (n-weighted mean ± SD)"),
+                nm,
                 format!("{}±{}", f(db.group_rmsd_mean_um[k], 1), f(db.group_rmsd_sd_um[k], 1)),
                 format!("{}±{}", f(da.group_rmsd_mean_um[k], 1), f(da.group_rmsd_sd_um[k], 1)),
             );
@@ -190,8 +207,18 @@ impl Comparison {
         line(&mut s, "SD Δψ °", f(db.overall.delpsi_sd_deg, 5), f(da.overall.delpsi_sd_deg, 5));
         line(&mut s, "median Δψ °", f(db.overall.delpsi_median_deg, 5), f(da.overall.delpsi_median_deg, 5));
         line(&mut s, "MAD Δψ °", f(db.overall.delpsi_mad_deg, 5), f(da.overall.delpsi_mad_deg, 5));
-        line(&mut s, "cc(ΔR,Δψ) uncentred", f(db.overall.cc_radial_delpsi, 3), f(da.overall.cc_radial_delpsi, 3));
-        line(&mut s, "cc(ΔT,Δψ) uncentred", f(db.overall.cc_transverse_delpsi, 3), f(da.overall.cc_transverse_delpsi, 3));
+        line(
+            &mut s,
+            "cc(ΔR,Δψ) uncentred",
+            f(db.overall.cc_radial_delpsi, 3),
+            f(da.overall.cc_radial_delpsi, 3),
+        );
+        line(
+            &mut s,
+            "cc(ΔT,Δψ) uncentred",
+            f(db.overall.cc_transverse_delpsi, 3),
+            f(da.overall.cc_transverse_delpsi, 3),
+        );
         line(&mut s, "CC(Δψ,Δ2θ)", f(db.overall.cc_delpsi_d2theta, 3), f(da.overall.cc_delpsi_d2theta, 3));
         line(
             &mut s,
@@ -204,7 +231,12 @@ impl Comparison {
 
     /// Write `summary.txt` and the figures into `dir` (created if needed).
     /// `detector` lays out the detector maps (the input experiment's detector).
-    pub fn write_report(&self, dir: &Path, detector: &Detector, groups: &[PanelGroup]) -> Result<Vec<PathBuf>> {
+    pub fn write_report(
+        &self,
+        dir: &Path,
+        detector: &Detector,
+        groups: &[PanelGroup],
+    ) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut written = Vec::new();
         let txt = dir.join("summary.txt");
@@ -265,7 +297,8 @@ pub fn compare(
         )));
     }
     let mut before = evaluate(input, input_refls, ModelKind::Input, input_opts, shot_ids)?;
-    let mut after = evaluate(refined, refined_refls.unwrap_or(input_refls), ModelKind::Refined, refined_opts, shot_ids)?;
+    let mut after =
+        evaluate(refined, refined_refls.unwrap_or(input_refls), ModelKind::Refined, refined_opts, shot_ids)?;
     let cmp = Comparison::new(std::mem::take(&mut before.rows), std::mem::take(&mut after.rows));
     Ok((cmp, before, after))
 }
