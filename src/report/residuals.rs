@@ -16,6 +16,9 @@
 //! * `Table`: the table's `xyzcal.px` (what diffBragg writes: its model centroid,
 //!   fwd-model §4.9), converted to mm with the panel's px→mm, because diffBragg
 //!   replaces `xyzcal.px` but leaves a stale `xyzcal.mm`.
+//!   **\[TRAP\] decided** (fwd-model §1.2): diffBragg ignores parallax, so its
+//!   centroid is a position on the pixel grid, like the observed centroid. Both
+//!   go through the same dxtbx px→mm, so the offset compares like with like.
 //!
 //! Δψ is always recomputed from the model (`delpsical.rad` of a diffBragg table is
 //! zero or stale, fwd-model §5.1).

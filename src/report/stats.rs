@@ -16,7 +16,7 @@
 //! * Group-RMSD mean and SD: weighted by reflection count, SD as GSL's
 //!   `gsl_stats_wsd` (scitbx `mean_and_variance`), over groups with n > 0.
 //!
-//! **[BUG?] decided:** cctbx's `get_unweighted_rmsd` sums only rows with a non-zero
+//! **\[BUG?\] decided:** cctbx's `get_unweighted_rmsd` sums only rows with a non-zero
 //! variance but divides by the count of all rows. Here the unweighted RMSD uses all
 //! rows for both.
 
