@@ -19,6 +19,7 @@ pub mod geometry;
 pub mod io;
 pub mod predict;
 pub mod reflections;
+pub mod report;
 pub mod refine;
 pub mod image;
 pub mod import;

@@ -30,6 +30,8 @@ pub enum Command {
     Sql(sql::SqlArgs),
     /// Benchmarks (`bench kernel`).
     Bench(bench::BenchArgs),
+    /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
+    Residuals(crate::report::cli::ResidualsArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -43,5 +45,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Bench(a) => bench::run(a),
+        Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
     }
 }

@@ -366,9 +366,10 @@ pub enum Table {
     Fhkl,
     Traces,
     Failures,
+    Residuals,
 }
 
-const SCHEMA_TEXTS: [(Table, &str, &str); 9] = [
+const SCHEMA_TEXTS: [(Table, &str, &str); 10] = [
     (Table::Experiments, "schemas/experiments.json", include_str!("../../schemas/experiments.json")),
     (Table::Reflections, "schemas/reflections.json", include_str!("../../schemas/reflections.json")),
     (Table::Spectra, "schemas/spectra.json", include_str!("../../schemas/spectra.json")),
@@ -378,10 +379,11 @@ const SCHEMA_TEXTS: [(Table, &str, &str); 9] = [
     (Table::Fhkl, "schemas/fhkl.json", include_str!("../../schemas/fhkl.json")),
     (Table::Traces, "schemas/traces.json", include_str!("../../schemas/traces.json")),
     (Table::Failures, "schemas/failures.json", include_str!("../../schemas/failures.json")),
+    (Table::Residuals, "schemas/residuals.json", include_str!("../../schemas/residuals.json")),
 ];
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Experiments,
         Table::Reflections,
         Table::Spectra,
@@ -391,6 +393,7 @@ impl Table {
         Table::Fhkl,
         Table::Traces,
         Table::Failures,
+        Table::Residuals,
     ];
 
     /// The SQL/folder name.
@@ -405,6 +408,7 @@ impl Table {
             Table::Fhkl => "fhkl",
             Table::Traces => "traces",
             Table::Failures => "failures",
+            Table::Residuals => "residuals",
         }
     }
 
