@@ -9,12 +9,15 @@ use std::path::PathBuf;
 /// The shared data folder. Panics with a clear message if it cannot be found,
 /// because a test that silently skipped its reference data would prove nothing.
 pub fn shared_dir() -> PathBuf {
+    // Canonical, so paths that tests compare (e.g. resolved image paths) agree
+    // whichever way the folder was found.
+    let canon = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     if let Ok(p) = std::env::var("DIFFBRAGG_SHARED") {
-        return PathBuf::from(p);
+        return canon(PathBuf::from(p));
     }
     let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     if beside.join("reference").is_dir() {
-        return beside;
+        return canon(beside);
     }
     let fixed = PathBuf::from("/work/shared");
     if fixed.join("reference").is_dir() {
