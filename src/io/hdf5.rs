@@ -70,8 +70,25 @@ fn detect(file: &File, path: &Path) -> Result<ImageFormat> {
     ))
 }
 
+/// Turns HDF5's file locking off unless the user set `HDF5_USE_FILE_LOCKING`.
+///
+/// We only read files in place and write new ones under a temporary name that
+/// is renamed when complete, so locks protect nothing here, while they hurt:
+/// on Lustre/GPFS many ranks reading one file fail to lock, and a child process
+/// spawned while a file is being written inherits the descriptor and keeps the
+/// lock after the rename. HDF5 reads the variable at every open.
+pub fn disable_file_locking_unless_set() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("HDF5_USE_FILE_LOCKING").is_none() {
+            std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+        }
+    });
+}
+
 /// Opens `path` read-only with HDF5's error printing silenced.
 pub(crate) fn open_file(path: &Path) -> Result<File> {
+    disable_file_locking_unless_set();
     ::hdf5::silence_errors(true);
     File::open(path).map_err(|e| Error::file(path, format!("cannot open as HDF5: {}", h5msg(&e))))
 }

@@ -118,10 +118,16 @@ impl AttrGeomWriter {
         let mut tmp = path.clone().into_os_string();
         tmp.push(format!(".tmp-{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
+        super::disable_file_locking_unless_set();
         ::hdf5::silence_errors(true);
         let e = |what: &str, err: ::hdf5::Error| obj_err(&path, what, h5msg(&err));
-        let file =
-            File::create(&tmp).map_err(|err| Error::file(&tmp, format!("cannot create: {}", h5msg(&err))))?;
+        // Strong close degree: `close()` really closes the file (and releases HDF5's
+        // lock) even if some handle were still alive, so the rename publishes a
+        // complete file and a reader in this process can open it at once.
+        let file = File::with_options()
+            .with_fapl(|p| p.fclose_degree(::hdf5::file::FileCloseDegree::Strong))
+            .create(&tmp)
+            .map_err(|err| Error::file(&tmp, format!("cannot create: {}", h5msg(&err))))?;
         let mut w = AttrGeomWriter {
             path: path.clone(),
             tmp,
