@@ -164,6 +164,53 @@ pub fn compile(arch: u32) -> Result<String> {
     }
 }
 
+/// Compile the kernels all the way to machine code for `sm_{sm}` (NVRTC runs
+/// ptxas) and return ptxas's resource report (registers, stack, spills per
+/// entry point). A diagnostic: proves the PTX assembles without a GPU.
+pub fn ptxas_report(sm: u32) -> Result<String> {
+    use cudarc::nvrtc::sys as nv;
+    use std::ffi::CString;
+    ensure_nvrtc()?;
+    let ok = |r: nv::nvrtcResult, what: &str| {
+        if r == nv::nvrtcResult::NVRTC_SUCCESS {
+            Ok(())
+        } else {
+            Err(Error::msg(format!("NVRTC {what}: {r:?}")))
+        }
+    };
+    let src = CString::new(kernel_source()).map_err(|_| Error::msg("kernel source contains NUL"))?;
+    let name = CString::new("diffbragg.cu").expect("no NUL");
+    let mut opts = compile_options();
+    opts.push(format!("--gpu-architecture=sm_{sm}"));
+    opts.push("--ptxas-options=-v".into());
+    let opts: Vec<CString> = opts.into_iter().map(|o| CString::new(o).expect("no NUL")).collect();
+    let ptrs: Vec<*const std::ffi::c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let mut prog: nv::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: NVRTC is loaded; every pointer is a live NUL-terminated string or
+    // an out-parameter of the right type; the program is destroyed below.
+    unsafe {
+        ok(nv::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()), "create")?;
+        let rc = nv::nvrtcCompileProgram(prog, ptrs.len() as i32, ptrs.as_ptr());
+        let mut n = 0usize;
+        let mut log = String::new();
+        if nv::nvrtcGetProgramLogSize(prog, &mut n) == nv::nvrtcResult::NVRTC_SUCCESS && n > 0 {
+            let mut buf = vec![0u8; n];
+            if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut std::ffi::c_char) == nv::nvrtcResult::NVRTC_SUCCESS {
+                log = String::from_utf8_lossy(&buf[..n - 1]).into_owned();
+            }
+        }
+        let mut cubin = 0usize;
+        let got = if rc == nv::nvrtcResult::NVRTC_SUCCESS { nv::nvrtcGetCUBINSize(prog, &mut cubin) } else { rc };
+        nv::nvrtcDestroyProgram(&mut prog);
+        ok(rc, &format!("compile for sm_{sm}:\n{log}"))?;
+        ok(got, "cubin size")?;
+        if cubin == 0 {
+            return Err(Error::msg(format!("NVRTC produced no machine code for sm_{sm}")));
+        }
+        Ok(log)
+    }
+}
+
 /// The PTX cache folder.
 pub fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
