@@ -96,7 +96,8 @@ fn check_backend(backend: &dyn Backend) {
     }
     let f = PreparedShot::new(&m, &fhkl, None, &[]).unwrap();
     close(&backend.forward(&f, &px).unwrap(), &f.forward(&px).unwrap(), "forward");
-    let scales = FhklScales { n_channels: 1, values: (0..fhkl.n_asu()).map(|i| 1.0 + (i % 3) as f64 * 0.1).collect() };
+    let scales =
+        FhklScales { n_channels: 1, values: (0..fhkl.n_asu()).map(|i| 1.0 + (i % 3) as f64 * 0.1).collect() };
     let (a, b) = (
         PreparedShot::new(&m, &fhkl, Some(&scales), &[]).unwrap(),
         PreparedShot::new(&m2, &fhkl, Some(&scales), &[]).unwrap(),
@@ -125,7 +126,10 @@ fn cpu_backend_matches_the_kernel() {
 #[test]
 fn cuda_backend_matches_cpu() {
     if !gpu_present() {
-        eprintln!("cuda_backend_matches_cpu: SKIPPED: {}", cuda::device_count().err().map_or("no device".into(), |e| e.to_string()));
+        eprintln!(
+            "cuda_backend_matches_cpu: SKIPPED: {}",
+            cuda::device_count().err().map_or("no device".into(), |e| e.to_string())
+        );
         return;
     }
     let b = select(DeviceChoice::Cuda, &SingleProcess).unwrap();

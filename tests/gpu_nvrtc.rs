@@ -71,4 +71,3 @@ fn ptx_cache_is_written_atomically_and_reused() {
 fn strip_comments(ptx: &str) -> String {
     ptx.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
 }
-

@@ -90,8 +90,14 @@ fn shot(seed: u64, o: &Opts) -> (ShotModel, FhklTable) {
         let r = rot(&mut rng, 0.08);
         let (fast, slow) = (r * Vec3::x(), r * -Vec3::y());
         let origin = Vec3::new(*cx, *cy, -80.0 - 3.0 * i as f64) - fast * 4.8 - slow * 4.8;
-        let mut p =
-            Panel { origin, fast, slow, pixel_size: [0.15, 0.15], image_size: [64, 64], ..Default::default() };
+        let mut p = Panel {
+            origin,
+            fast,
+            slow,
+            pixel_size: [0.15, 0.15],
+            image_size: [64, 64],
+            ..Default::default()
+        };
         if o.absorbing && i == 0 {
             p.thickness = 0.32;
             p.mu = 1.0 / 0.35;
@@ -119,8 +125,11 @@ fn shot(seed: u64, o: &Opts) -> (ShotModel, FhklTable) {
     }
     c.no_nabc_scale = o.no_nabc_scale;
     if o.n_domains > 1 {
-        c.mosaic =
-            MosaicSpec::Generated { n_domains: o.n_domains, eta: o.eta.clone(), axes: u * cell_for(o.system).b_real() };
+        c.mosaic = MosaicSpec::Generated {
+            n_domains: o.n_domains,
+            eta: o.eta.clone(),
+            axes: u * cell_for(o.system).b_real(),
+        };
     }
     let mut m = ShotModel::new(Detector { panels, hierarchy: None }, beam, sources, c, 1e24);
     m.scale = 1.7;
@@ -185,7 +194,13 @@ fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert!(d <= 1.0, "{what}: deviation {d:.3e} of the tolerance");
 }
 
-fn host_eval(shots: &[&PreparedShot], px: &PixelBatch, mode: Mode, w: Option<&[f64]>, parts: usize) -> BatchOutput {
+fn host_eval(
+    shots: &[&PreparedShot],
+    px: &PixelBatch,
+    mode: Mode,
+    w: Option<&[f64]>,
+    parts: usize,
+) -> BatchOutput {
     host::evaluate(shots, px, mode, w, parts).unwrap()
 }
 
@@ -200,7 +215,11 @@ fn check_derivs(m: &ShotModel, fhkl: &FhklTable, params: &[Param], cap: usize, w
         assert_close(&out.values[0], &cpu.values, &format!("{what} values, {parts} parts"));
         assert_eq!(out.derivs[0].len(), params.len());
         for (j, p) in params.iter().enumerate() {
-            assert_close(&out.derivs[0][j], &cpu.derivs[j], &format!("{what} ∂/∂{}, {parts} parts", p.name()));
+            assert_close(
+                &out.derivs[0][j],
+                &cpu.derivs[j],
+                &format!("{what} ∂/∂{}, {parts} parts", p.name()),
+            );
         }
     }
     // Forward mode agrees too.
@@ -236,7 +255,14 @@ fn layout_matches_the_header() {
 
 #[test]
 fn every_gradient_with_domains_oversampling_absorption_and_off_diagonal_n() {
-    let o = Opts { n_domains: 4, eta: Eta::Iso(0.05), oversample: 2, off_diagonal_n: true, absorbing: true, ..Default::default() };
+    let o = Opts {
+        n_domains: 4,
+        eta: Eta::Iso(0.05),
+        oversample: 2,
+        off_diagonal_n: true,
+        absorbing: true,
+        ..Default::default()
+    };
     let (m, fhkl) = shot(0xA11, &o);
     check_derivs(&m, &fhkl, &all_params(6, 1, true), 120, "triclinic/4 domains/os 2/absorbing");
 }
@@ -271,7 +297,14 @@ fn rotations_and_cell_for_every_lattice_system() {
 #[test]
 fn every_lattice_shape_forward_and_fhkl_gradient() {
     for shape in [LatticeShape::Gauss, LatticeShape::Square, LatticeShape::Round, LatticeShape::Tophat] {
-        let o = Opts { shape, n_domains: 2, eta: Eta::Iso(0.05), oversample: 2, absorbing: true, ..Default::default() };
+        let o = Opts {
+            shape,
+            n_domains: 2,
+            eta: Eta::Iso(0.05),
+            oversample: 2,
+            absorbing: true,
+            ..Default::default()
+        };
         let (mut m, mut fhkl) = shot(0xD00 + shape as u64, &o);
         fhkl.set_asu_ids(|h| Some(((h[0].abs() + 2 * h[1].abs() + 3 * h[2].abs()) % 97) as u32)).unwrap();
         for (i, s) in m.sources.iter_mut().enumerate() {
@@ -287,7 +320,8 @@ fn every_lattice_shape_forward_and_fhkl_gradient() {
         }
         let mut rng = Rng(5);
         let n_asu = fhkl.n_asu();
-        let scales = FhklScales { n_channels: 2, values: (0..2 * n_asu).map(|_| rng.range(0.5, 2.0)).collect() };
+        let scales =
+            FhklScales { n_channels: 2, values: (0..2 * n_asu).map(|_| rng.range(0.5, 2.0)).collect() };
         let scaled = PreparedShot::new(&m, &fhkl, Some(&scales), &[]).unwrap();
         let w: Vec<f64> = (0..px.len()).map(|_| rng.range(-1.0, 1.0)).collect();
         let cpu_g = scaled.fhkl_scale_gradient(&px, &w).unwrap();
@@ -308,8 +342,10 @@ fn a_batch_of_different_shots_and_more_parts_than_steps() {
     m2.scale = 0.3;
     let p1 = [Param::RotX, Param::Scale, Param::Eta(0), Param::DetzShift];
     let p2 = all_params(6, 0, true);
-    let (s1, s2) =
-        (PreparedShot::new(&m1, &fhkl, None, &p1).unwrap(), PreparedShot::new(&m2, &fhkl, None, &p2).unwrap());
+    let (s1, s2) = (
+        PreparedShot::new(&m1, &fhkl, None, &p1).unwrap(),
+        PreparedShot::new(&m2, &fhkl, None, &p2).unwrap(),
+    );
     let (x1, x2) = (pixels_for(&m1, &fhkl, 60), pixels_for(&m2, &fhkl, 60));
     let batch = PixelBatch::new(vec![x1.clone(), x2.clone()]);
     // 3 sources × 4 domains = 12 steps (shot 1), 3 (shot 2): 5 parts leaves some of shot 2's empty.
@@ -332,7 +368,13 @@ fn the_criterion_detects_a_small_model_change() {
     let px = pixels_for(&m, &fhkl, 80);
     let mut m2 = m.clone();
     m2.crystal.rot_xyz[0] += 1e-5;
-    let host = host_eval(&[&PreparedShot::new(&m, &fhkl, None, &[]).unwrap()], &PixelBatch::single(&px), Mode::Forward, None, 1);
+    let host = host_eval(
+        &[&PreparedShot::new(&m, &fhkl, None, &[]).unwrap()],
+        &PixelBatch::single(&px),
+        Mode::Forward,
+        None,
+        1,
+    );
     let other = PreparedShot::new(&m2, &fhkl, None, &[]).unwrap().forward(&px).unwrap();
     assert!(scaled_dev(&host.values[0], &other) > 1.0, "a 1e-5 rad misorientation went unnoticed");
 }

@@ -126,10 +126,18 @@ pub trait Backend: Send + Sync {
     /// Values and derivative rows of one shot.
     fn forward_with_derivs(&self, shot: &PreparedShot<'_>, pixels: &[Pixel]) -> Result<KernelOutput> {
         let mut out = self.evaluate(&[shot], &PixelBatch::single(pixels), Mode::Derivs, None)?;
-        Ok(KernelOutput { values: out.values.pop().unwrap_or_default(), derivs: out.derivs.pop().unwrap_or_default() })
+        Ok(KernelOutput {
+            values: out.values.pop().unwrap_or_default(),
+            derivs: out.derivs.pop().unwrap_or_default(),
+        })
     }
     /// The Fhkl-scale gradient of one shot.
-    fn fhkl_scale_gradient(&self, shot: &PreparedShot<'_>, pixels: &[Pixel], weights: &[f64]) -> Result<Vec<f64>> {
+    fn fhkl_scale_gradient(
+        &self,
+        shot: &PreparedShot<'_>,
+        pixels: &[Pixel],
+        weights: &[f64],
+    ) -> Result<Vec<f64>> {
         Ok(self.evaluate(&[shot], &PixelBatch::single(pixels), Mode::FhklGrad, Some(weights))?.fhkl_grad)
     }
 }
@@ -143,11 +151,7 @@ impl Backend for CpuBackend {
         "cpu"
     }
     fn describe(&self) -> String {
-        format!(
-            "cpu ({} threads, {:?})",
-            rayon::current_num_threads(),
-            crate::kernel::SimdLevel::detect()
-        )
+        format!("cpu ({} threads, {:?})", rayon::current_num_threads(), crate::kernel::SimdLevel::detect())
     }
     fn evaluate(
         &self,
@@ -199,7 +203,8 @@ pub(crate) fn check_weights(mode: Mode, weights: Option<&[f64]>, n: usize) -> Re
     if mode != Mode::FhklGrad {
         return Ok(None);
     }
-    let w = weights.ok_or_else(|| Error::param("weights", "the Fhkl-scale gradient needs one weight per pixel"))?;
+    let w = weights
+        .ok_or_else(|| Error::param("weights", "the Fhkl-scale gradient needs one weight per pixel"))?;
     if w.len() != n {
         return Err(Error::param("weights", format!("{} weights for {n} pixels", w.len())));
     }

@@ -98,7 +98,12 @@ pub fn run(backend: &dyn Backend, a: &KernelBenchArgs) -> Result<()> {
                 Ok(())
             })?;
             let per = t / a.batch_shots as f64;
-            println!("{nd:>7} {:>10} {:>12.3e} {:>14.3e} {per:>14.4e}", "stage2", steps * 2.0, steps * 2.0 / per);
+            println!(
+                "{nd:>7} {:>10} {:>12.3e} {:>14.3e} {per:>14.4e}",
+                "stage2",
+                steps * 2.0,
+                steps * 2.0 / per
+            );
         }
     }
     Ok(())

@@ -26,8 +26,8 @@ use crate::dist::{device_for, Comm};
 use crate::error::{Error, Result};
 use crate::kernel::{FhklTable, Pixel, PreparedShot};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg, ValidAsZeroBits,
 };
 use std::sync::{Arc, Mutex, Weak};
 
@@ -190,6 +190,7 @@ impl CudaBackend {
         (self.cc, self.arch)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         st: &mut State,
@@ -230,7 +231,12 @@ impl CudaBackend {
                     st.resident.remove(0);
                 }
                 let buf = drv("uploading pixels", s.clone_htod(pix_bytes))?;
-                st.resident.push(Resident { id: pixels.id(), token: pixels.token(), bytes: pix_bytes.len(), pix: buf });
+                st.resident.push(Resident {
+                    id: pixels.id(),
+                    token: pixels.token(),
+                    bytes: pix_bytes.len(),
+                    pix: buf,
+                });
             }
             true
         } else {
@@ -259,8 +265,19 @@ impl CudaBackend {
         grow(s, &mut st.derivs, (chunk * nd).max(1))?;
         grow(s, &mut st.parts, if k_parts > 1 { k_parts * chunk * row } else { 1 })?;
         grow(s, &mut st.grad, packed.grad_len.max(1))?;
-        let State { fhkl: Some(fd), resident: res, blob: Some(dblob), pix_chunk: Some(dpix), weights: Some(dw),
-            values: Some(dv), derivs: Some(dd), parts: Some(dp), grad: Some(dg), up: Some(up), down: Some(down) } = st
+        let State {
+            fhkl: Some(fd),
+            resident: res,
+            blob: Some(dblob),
+            pix_chunk: Some(dpix),
+            weights: Some(dw),
+            values: Some(dv),
+            derivs: Some(dd),
+            parts: Some(dp),
+            grad: Some(dg),
+            up: Some(up),
+            down: Some(down),
+        } = st
         else {
             unreachable!("buffers allocated above")
         };
@@ -293,7 +310,10 @@ impl CudaBackend {
                 (true, Some(rp)) => rp.slice(c0 * 16..c1 * 16),
                 _ => {
                     up_pix[..m * 16].copy_from_slice(&pix_bytes[c0 * 16..c1 * 16]);
-                    drv("uploading pixels", s.memcpy_htod(&up_pix[..m * 16], &mut dpix.slice_mut(0..m * 16)))?;
+                    drv(
+                        "uploading pixels",
+                        s.memcpy_htod(&up_pix[..m * 16], &mut dpix.slice_mut(0..m * 16)),
+                    )?;
                     dpix.slice(0..m * 16)
                 }
             };
@@ -333,7 +353,10 @@ impl CudaBackend {
                 let (dv_host, dd_host) = down.split_at_mut(chunk);
                 drv("downloading values", s.memcpy_dtoh(&dv.slice(0..m), &mut dv_host[..m]))?;
                 if nd > 0 {
-                    drv("downloading derivatives", s.memcpy_dtoh(&dd.slice(0..m * nd), &mut dd_host[..m * nd]))?;
+                    drv(
+                        "downloading derivatives",
+                        s.memcpy_dtoh(&dd.slice(0..m * nd), &mut dd_host[..m * nd]),
+                    )?;
                 }
                 drv(&format!("kernel {fname}"), s.synchronize())?;
                 values[c0..c1].copy_from_slice(&dv_host[..m]);
@@ -393,7 +416,8 @@ impl Backend for CudaBackend {
         let lists: Vec<&[Pixel]> = (0..pixels.n_shots()).map(|i| pixels.shot(i)).collect();
         let (packed, pix) = layout::pack(shots, &lists, code)?;
         let fhkl = layout::common_fhkl(shots)?;
-        let mut st = self.state.lock().map_err(|_| Error::msg("CUDA backend poisoned by an earlier panic"))?;
+        let mut st =
+            self.state.lock().map_err(|_| Error::msg("CUDA backend poisoned by an earlier panic"))?;
         let (values, derivs, grad) = self.run(&mut st, &packed, &pix, pixels, fhkl, mode, w)?;
         Ok(split_output(pixels, &packed, mode, values, &derivs, grad))
     }

@@ -189,7 +189,8 @@ impl Writer {
         let off = self.align();
         // SAFETY: T is one of the plain #[repr(C)] records or f64 above: no
         // references, no uninitialised padding (the pad fields are explicit).
-        let b = unsafe { std::slice::from_raw_parts(items.as_ptr() as *const u8, std::mem::size_of_val(items)) };
+        let b =
+            unsafe { std::slice::from_raw_parts(items.as_ptr() as *const u8, std::mem::size_of_val(items)) };
         self.bytes.extend_from_slice(b);
         off
     }
@@ -214,7 +215,10 @@ pub fn common_fhkl<'a>(shots: &[&PreparedShot<'a>]) -> Result<&'a FhklTable> {
 pub fn pack(shots: &[&PreparedShot<'_>], pixels: &[&[Pixel]], mode: i32) -> Result<(Packed, Vec<DbPixel>)> {
     common_fhkl(shots)?;
     if pixels.len() != shots.len() {
-        return Err(Error::param("pixels", format!("{} pixel lists for {} shots", pixels.len(), shots.len())));
+        return Err(Error::param(
+            "pixels",
+            format!("{} pixel lists for {} shots", pixels.len(), shots.len()),
+        ));
     }
     if shots.len() > u32::MAX as usize {
         return Err(Error::param("shots", "too many shots in one batch"));
@@ -232,7 +236,8 @@ pub fn pack(shots: &[&PreparedShot<'_>], pixels: &[&[Pixel]], mode: i32) -> Resu
     let mut n_pix_total = 0usize;
     for (si, shot) in shots.iter().enumerate() {
         let dims: Vec<[usize; 2]> = shot.panels.iter().map(|p| p.n).collect();
-        validate_pixels(pixels[si], &dims).map_err(|e| Error::param(format!("shots[{si}]"), e.to_string()))?;
+        validate_pixels(pixels[si], &dims)
+            .map_err(|e| Error::param(format!("shots[{si}]"), e.to_string()))?;
         n_pix_total += pixels[si].len();
         let np = if grad { shot.kinds.len() } else { 0 };
         if np > MAX_PARAMS {
@@ -383,7 +388,9 @@ pub fn pack(shots: &[&PreparedShot<'_>], pixels: &[&[Pixel]], mode: i32) -> Resu
     h.total_bytes = w.align();
     let hb = {
         // SAFETY: DbHeader is plain i64 fields.
-        unsafe { std::slice::from_raw_parts(&h as *const DbHeader as *const u8, std::mem::size_of::<DbHeader>()) }
+        unsafe {
+            std::slice::from_raw_parts(&h as *const DbHeader as *const u8, std::mem::size_of::<DbHeader>())
+        }
     };
     w.bytes[..hb.len()].copy_from_slice(hb);
     let blob: Vec<u64> =
@@ -391,7 +398,12 @@ pub fn pack(shots: &[&PreparedShot<'_>], pixels: &[&[Pixel]], mode: i32) -> Resu
 
     let mut pix = Vec::with_capacity(n_pix_total);
     for (si, list) in pixels.iter().enumerate() {
-        pix.extend(list.iter().map(|p| DbPixel { shot: si as u32, panel: p.panel, fast: p.fast, slow: p.slow }));
+        pix.extend(list.iter().map(|p| DbPixel {
+            shot: si as u32,
+            panel: p.panel,
+            fast: p.fast,
+            slow: p.slow,
+        }));
     }
     let packed = Packed {
         blob,

@@ -49,6 +49,9 @@ pub fn nvrtc_search_dirs() -> Vec<PathBuf> {
         }
     }
     v.push(PathBuf::from("/usr/local/cuda/lib64"));
+    if let Some(c) = std::env::var_os("DIFFBRAGG_CACHE") {
+        v.push(PathBuf::from(c).join("nvrtc-cu12/nvidia/cuda_nvrtc/lib"));
+    }
     if let Some(home) = std::env::var_os("HOME") {
         v.push(PathBuf::from(home).join(".cache/diffbragg-rs/nvrtc-cu12/nvidia/cuda_nvrtc/lib"));
     }
@@ -67,9 +70,7 @@ pub fn ensure_nvrtc() -> Result<String> {
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         let mut names: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc.so"))
-            })
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc.so")))
             .collect();
         names.sort();
         for lib in names {
@@ -112,13 +113,16 @@ pub fn nvrtc_archs() -> Result<Vec<u32>> {
     let mut n = 0;
     // SAFETY: NVRTC is loadable; the array has the reported length.
     unsafe {
-        if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut n) != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
+        if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut n)
+            != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
             || n <= 0
         {
             return Err(Error::msg("nvrtcGetNumSupportedArchs failed"));
         }
         let mut v = vec![0i32; n as usize];
-        if cudarc::nvrtc::sys::nvrtcGetSupportedArchs(v.as_mut_ptr()) != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        if cudarc::nvrtc::sys::nvrtcGetSupportedArchs(v.as_mut_ptr())
+            != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
+        {
             return Err(Error::msg("nvrtcGetSupportedArchs failed"));
         }
         Ok(v.into_iter().map(|x| x as u32).collect())
@@ -150,7 +154,8 @@ pub fn compile(arch: u32) -> Result<String> {
     ensure_nvrtc()?;
     let mut options = compile_options();
     options.push(format!("--gpu-architecture=compute_{arch}"));
-    let opts = cudarc::nvrtc::CompileOptions { options, name: Some("diffbragg.cu".into()), ..Default::default() };
+    let opts =
+        cudarc::nvrtc::CompileOptions { options, name: Some("diffbragg.cu".into()), ..Default::default() };
     let src = kernel_source();
     // cudarc panics (rather than erring) if a symbol is missing from an odd libnvrtc.
     let res = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(&src, opts))
@@ -189,18 +194,31 @@ pub fn ptxas_report(sm: u32) -> Result<String> {
     // SAFETY: NVRTC is loaded; every pointer is a live NUL-terminated string or
     // an out-parameter of the right type; the program is destroyed below.
     unsafe {
-        ok(nv::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()), "create")?;
+        ok(
+            nv::nvrtcCreateProgram(
+                &mut prog,
+                src.as_ptr(),
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            ),
+            "create",
+        )?;
         let rc = nv::nvrtcCompileProgram(prog, ptrs.len() as i32, ptrs.as_ptr());
         let mut n = 0usize;
         let mut log = String::new();
         if nv::nvrtcGetProgramLogSize(prog, &mut n) == nv::nvrtcResult::NVRTC_SUCCESS && n > 0 {
             let mut buf = vec![0u8; n];
-            if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut std::ffi::c_char) == nv::nvrtcResult::NVRTC_SUCCESS {
+            if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut std::ffi::c_char)
+                == nv::nvrtcResult::NVRTC_SUCCESS
+            {
                 log = String::from_utf8_lossy(&buf[..n - 1]).into_owned();
             }
         }
         let mut cubin = 0usize;
-        let got = if rc == nv::nvrtcResult::NVRTC_SUCCESS { nv::nvrtcGetCUBINSize(prog, &mut cubin) } else { rc };
+        let got =
+            if rc == nv::nvrtcResult::NVRTC_SUCCESS { nv::nvrtcGetCUBINSize(prog, &mut cubin) } else { rc };
         nv::nvrtcDestroyProgram(&mut prog);
         ok(rc, &format!("compile for sm_{sm}:\n{log}"))?;
         ok(got, "cubin size")?;
@@ -241,7 +259,7 @@ pub fn cached_ptx_in(dir: Option<&Path>, arch: u32) -> Result<(String, bool)> {
     let key = cache_key(arch, version);
     if let Some(d) = dir {
         if let Ok(s) = std::fs::read_to_string(d.join(&key)) {
-            if s.contains(".entry db_forward") {
+            if s.contains(".entry db_forward") && !s.contains('\0') {
                 return Ok((s, true));
             }
         }
