@@ -152,3 +152,23 @@ fn pixel_batches_have_distinct_identities() {
     // Two batches with identical content are still two device residents.
     assert_ne!(format!("{a:?}").split(',').next(), format!("{b:?}").split(',').next());
 }
+
+/// The GPU benchmark's code path (stage-1 and stage-2 figures, the CPU check
+/// line) on the CPU backend, with a tiny case.
+#[test]
+fn gpu_bench_runs_on_any_backend() {
+    let a = diffbragg::cli::bench::KernelBenchArgs {
+        rois: 2,
+        roi_size: 5,
+        sources: 2,
+        domains: vec![1, 2],
+        repeat: 1,
+        mode: "both".into(),
+        simd: None,
+        threads: None,
+        reference: None,
+        device: DeviceChoice::Cpu,
+        batch_shots: 2,
+    };
+    diffbragg::gpu::bench::run(&CpuBackend, &a).unwrap();
+}
