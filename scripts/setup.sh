@@ -38,6 +38,17 @@ if [ "$py_missing" = 1 ]; then
   python3 -m pip install -q --disable-pip-version-check gemmi msgpack h5py pyarrow numpy scipy
 fi
 
+# NVRTC (CUDA run-time compiler, ~24 MB wheel) for the test that compiles the
+# CUDA kernels to PTX; a GPU host without a CUDA toolkit uses it too
+# (src/gpu/ptx.rs looks here). Skip with WITH_NVRTC=0.
+WITH_NVRTC="${WITH_NVRTC:-1}"
+NVRTC_DIR="$CACHE/nvrtc-cu12"
+if [ "$WITH_NVRTC" = 1 ] && [ ! -f "$NVRTC_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ]; then
+  echo "setup: installing NVRTC (nvidia-cuda-nvrtc-cu12 12.6) into $NVRTC_DIR"
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$NVRTC_DIR" \
+    "nvidia-cuda-nvrtc-cu12==12.6.85" || echo "setup: NVRTC not installed (the PTX compile test will be skipped)"
+fi
+
 # Prebuilt DuckDB shared library.
 LIBDIR="$CACHE/duckdb-$DUCKDB_NPM_VERSION"
 if [ ! -f "$LIBDIR/libduckdb.so" ]; then

@@ -16,6 +16,7 @@ pub mod dist;
 pub mod error;
 pub mod experiment;
 pub mod geometry;
+pub mod gpu;
 pub mod io;
 pub mod predict;
 pub mod reflections;

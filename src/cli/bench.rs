@@ -65,6 +65,13 @@ pub struct KernelBenchArgs {
     /// (`shared/reference`) and report their agreement.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Kernel backend: `cpu` (the default here), `cuda` (error without a usable
+    /// GPU) or `auto`. A GPU run reports stage-1 and stage-2 figures (src/gpu/bench.rs).
+    #[arg(long, value_enum, default_value_t = crate::gpu::DeviceChoice::Cpu)]
+    pub device: crate::gpu::DeviceChoice,
+    /// Shots per launch for the stage-2 figure of a GPU run.
+    #[arg(long, default_value_t = 16)]
+    pub batch_shots: usize,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -79,6 +86,15 @@ fn run_kernel(a: KernelBenchArgs) -> Result<()> {
     }
     if a.rois == 0 || a.roi_size == 0 || a.sources == 0 || a.repeat == 0 || a.domains.is_empty() {
         bail!("--rois, --roi-size, --sources, --repeat and --domains must be positive");
+    }
+    if a.device != crate::gpu::DeviceChoice::Cpu {
+        let backend = crate::gpu::select(a.device, &crate::dist::SingleProcess)?;
+        if backend.name() != "cpu" {
+            if a.batch_shots == 0 {
+                bail!("--batch-shots must be positive");
+            }
+            return crate::gpu::bench::run(&*backend, &a);
+        }
     }
     let threads =
         a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
