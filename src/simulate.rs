@@ -50,8 +50,8 @@ use crate::image::{Image, PanelImage};
 use crate::io::hdf5::writer::{write_attr_geom_h5, WriterOptions};
 use crate::kernel::mosaic::parse_umats;
 use crate::kernel::{
-    full_detector_pixels, sources_from_spectrum, CrystalModel, Eta, FhklTable, LatticeShape, MosaicSpec, Pixel,
-    PreparedShot, ShotModel, SubpixelFactors,
+    full_detector_pixels, sources_from_spectrum, CrystalModel, Eta, FhklTable, LatticeShape, MosaicSpec,
+    Pixel, PreparedShot, ShotModel, SubpixelFactors,
 };
 use crate::spectrum::Spectrum;
 use crate::symmetry::{Miller, SpaceGroup};
@@ -142,7 +142,10 @@ pub enum RoiSpec {
 pub enum Noise {
     None,
     /// Poisson photon counts, then Gaussian readout noise (σ in ADU, may be 0).
-    Poisson { readout_sigma: f64, seed: u64 },
+    Poisson {
+        readout_sigma: f64,
+        seed: u64,
+    },
 }
 
 /// Every input of one simulation.
@@ -289,7 +292,10 @@ fn check_output(cfg: &SimulateConfig) -> Result<()> {
         return Err(Error::param("out", format!("`{}` is not a file name", out.display())));
     }
     if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("expt")) {
-        return Err(Error::param("out", "give the HDF5 file (e.g. shot.h5); the .expt is written next to it"));
+        return Err(Error::param(
+            "out",
+            "give the HDF5 file (e.g. shot.h5); the .expt is written next to it",
+        ));
     }
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
@@ -362,7 +368,8 @@ pub fn load_inputs(cfg: &SimulateConfig) -> Result<ShotInputs> {
             None => expansion.centring_absent_dropped += 1,
         }
     }
-    let fhkl = FhklTable::new(&ph, &pf, cfg.default_f, false).map_err(|e| Error::msg(format!("{what}: {e}")))?;
+    let fhkl =
+        FhklTable::new(&ph, &pf, cfg.default_f, false).map_err(|e| Error::msg(format!("{what}: {e}")))?;
 
     // The crystal: A_real = U·B_real·Oᵀ (the kernel's convention).
     let ucell = UcellParams::from_cell(LatticeSystem::Triclinic, &crystal.unit_cell())?;
@@ -413,7 +420,10 @@ fn load_spectrum(cfg: &SimulateConfig, e: &Experiment) -> Result<Spectrum> {
             let loc = e.image_location()?;
             let src = crate::image::open_image_source(&loc.path)?;
             src.spectrum(loc.index)?.ok_or_else(|| {
-                Error::file(&loc.path, format!("image {} carries no spectrum (--spectrum-from-image)", loc.index))
+                Error::file(
+                    &loc.path,
+                    format!("image {} carries no spectrum (--spectrum-from-image)", loc.index),
+                )
             })?
         }
     };
@@ -429,7 +439,11 @@ fn point_group_mismatch(a: &SpaceGroup, b: &SpaceGroup) -> Option<String> {
         v
     };
     (rots(a) != rots(b)).then(|| {
-        format!("the file's space group {} has other symmetry operations than the crystal's {}", a.hm(), b.hm())
+        format!(
+            "the file's space group {} has other symmetry operations than the crystal's {}",
+            a.hm(),
+            b.hm()
+        )
     })
 }
 
@@ -532,7 +546,10 @@ pub fn select_pixels(roi: &RoiSpec, model: &ShotModel, e: &Experiment, exp_idx: 
         RoiSpec::Full => return Ok(all()),
         RoiSpec::Box { f0, f1, s0, s1, panel } => {
             if f0 > f1 || s0 > s1 {
-                return Err(Error::param("roi", format!("[{f0}, {f1}] × [{s0}, {s1}] is empty (need F0 ≤ F1, S0 ≤ S1)")));
+                return Err(Error::param(
+                    "roi",
+                    format!("[{f0}, {f1}] × [{s0}, {s1}] is empty (need F0 ≤ F1, S0 ≤ S1)"),
+                ));
             }
             let panels: Vec<usize> = match panel {
                 Some(p) if *p >= det.panels.len() => {
@@ -553,7 +570,10 @@ pub fn select_pixels(roi: &RoiSpec, model: &ShotModel, e: &Experiment, exp_idx: 
                 }
             }
             if !any {
-                return Err(Error::param("roi", format!("[{f0}, {f1}] × [{s0}, {s1}] lies outside the panels")));
+                return Err(Error::param(
+                    "roi",
+                    format!("[{f0}, {f1}] × [{s0}, {s1}] lies outside the panels"),
+                ));
             }
         }
         RoiSpec::Refl { path, pad } => {
@@ -635,8 +655,10 @@ pub fn render(inputs: &ShotInputs, progress: bool) -> Result<Vec<f64>> {
     let bar = (progress && std::io::stderr().is_terminal() && steps > 2e8).then(|| {
         let b = indicatif::ProgressBar::new(px.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("simulate {bar:40} {percent:>3}% {elapsed_precise} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "simulate {bar:40} {percent:>3}% {elapsed_precise} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -663,17 +685,25 @@ pub fn add_noise(photons: &[f64], pixels: &[Pixel], noise: &Noise, adu_per_photo
         Noise::Poisson { readout_sigma, seed } => {
             let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
             let readout = if readout_sigma > 0.0 {
-                Some(Normal::new(0.0, readout_sigma).map_err(|e| Error::param("readout_sigma", e.to_string()))?)
+                Some(
+                    Normal::new(0.0, readout_sigma)
+                        .map_err(|e| Error::param("readout_sigma", e.to_string()))?,
+                )
             } else {
                 None
             };
             let mut out = Vec::with_capacity(photons.len());
             for (i, &lam) in photons.iter().enumerate() {
                 if !(lam.is_finite() && lam >= 0.0) {
-                    return Err(Error::msg(format!("pixel {:?}: model value {lam} cannot be Poisson-sampled", pixels[i])));
+                    return Err(Error::msg(format!(
+                        "pixel {:?}: model value {lam} cannot be Poisson-sampled",
+                        pixels[i]
+                    )));
                 }
                 let counts = if lam > 0.0 {
-                    Poisson::new(lam).map_err(|e| Error::msg(format!("Poisson({lam}): {e}")))?.sample(&mut rng)
+                    Poisson::new(lam)
+                        .map_err(|e| Error::msg(format!("Poisson({lam}): {e}")))?
+                        .sample(&mut rng)
                 } else {
                     0.0
                 };
@@ -698,9 +728,16 @@ pub fn scatter_to_image(det: &crate::geometry::Detector, pixels: &[Pixel], value
 
 /// Write `image` to `h5` (diffBragg's layout, with `spectrum`) and the
 /// experiment, pointing at it, to `h5` with extension `.expt`. Returns both paths.
-pub fn write_outputs(h5: &Path, e: &Experiment, image: &Image, spectrum: &Spectrum) -> Result<(PathBuf, PathBuf)> {
+pub fn write_outputs(
+    h5: &Path,
+    e: &Experiment,
+    image: &Image,
+    spectrum: &Spectrum,
+) -> Result<(PathBuf, PathBuf)> {
     let expt_path = h5.with_extension("expt");
-    let name = h5.file_name().ok_or_else(|| Error::param("out", format!("`{}` is not a file name", h5.display())))?;
+    let name = h5
+        .file_name()
+        .ok_or_else(|| Error::param("out", format!("`{}` is not a file name", h5.display())))?;
     let mut out = e.clone();
     // The image is the first (only) image of the HDF5 file, named relative to the .expt.
     out.imageset = Some(ImageSetRef::single_image(PathBuf::from(name), Some(0)));
@@ -721,7 +758,14 @@ pub fn write_outputs(h5: &Path, e: &Experiment, image: &Image, spectrum: &Spectr
             .ok_or_else(|| Error::msg(format!("internal: no {k} in the written experiment")))
     };
     let (det_dict, beam_dict) = (first("detector")?, first("beam")?);
-    write_attr_geom_h5(h5, &det_dict, &beam_dict, std::slice::from_ref(image), Some(std::slice::from_ref(spectrum)), WriterOptions::default())?;
+    write_attr_geom_h5(
+        h5,
+        &det_dict,
+        &beam_dict,
+        std::slice::from_ref(image),
+        Some(std::slice::from_ref(spectrum)),
+        WriterOptions::default(),
+    )?;
     list.write(&expt_path)?;
     Ok((h5.to_path_buf(), expt_path))
 }

@@ -50,7 +50,8 @@ fn run_case(name: &str, threshold_subset: Option<usize>) {
         let mut other = m.clone();
         other.subpixel_factors = SubpixelFactors::OmegaPerSubpixel;
         let n = pixels.len().min(5000);
-        let v2 = PreparedShot::new(&other, &case.inputs.fhkl, None, &[]).unwrap().forward(&pixels[..n]).unwrap();
+        let v2 =
+            PreparedShot::new(&other, &case.inputs.fhkl, None, &[]).unwrap().forward(&pixels[..n]).unwrap();
         assert_eq!(&vals[..n], &v2[..], "{name}: conventions differ at oversample 1");
     }
 }
@@ -116,8 +117,12 @@ fn shot_06_oversample_2_nanobragg_convention() {
 fn shot_06_default_convention_matches_numpy() {
     let case = load_case("shot_06");
     let max = case.image_max();
-    let bright: Vec<Pixel> =
-        case.rendered_pixels().iter().copied().filter(|p| case.image[case.image_index(p)] as f64 > 1e-3 * max).collect();
+    let bright: Vec<Pixel> = case
+        .rendered_pixels()
+        .iter()
+        .copied()
+        .filter(|p| case.image[case.image_index(p)] as f64 > 1e-3 * max)
+        .collect();
     assert!(bright.len() > 1000);
     let step = bright.len() / 150;
     let pixels: Vec<Pixel> = bright.iter().step_by(step).copied().collect();
@@ -125,8 +130,10 @@ fn shot_06_default_convention_matches_numpy() {
     let mut ours = case.inputs.model.clone();
     ours.subpixel_factors = SubpixelFactors::OmegaPerSubpixel;
     let v_db = PreparedShot::new(&ours, &case.inputs.fhkl, None, &[]).unwrap().forward(&pixels).unwrap();
-    let v_nb =
-        PreparedShot::new(&case.inputs.model, &case.inputs.fhkl, None, &[]).unwrap().forward(&pixels).unwrap();
+    let v_nb = PreparedShot::new(&case.inputs.model, &case.inputs.fhkl, None, &[])
+        .unwrap()
+        .forward(&pixels)
+        .unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
     let pix_json = tmp.path().join("pixels.json");
@@ -145,7 +152,8 @@ fn shot_06_default_convention_matches_numpy() {
         .expect("python3 with numpy is needed for this cross-check");
     assert!(st.success(), "numpy evaluation failed");
     let np: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
-    let get = |k: &str| -> Vec<f64> { np[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let get =
+        |k: &str| -> Vec<f64> { np[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     let (np_nb, np_db) = (get("nanobragg"), get("diffbragg"));
     assert_eq!(np_nb.len(), pixels.len());
 
@@ -164,7 +172,10 @@ fn shot_06_default_convention_matches_numpy() {
          for the record, diffBragg convention vs the reference image: {db_vs_ref:.3e}",
         pixels.len()
     );
-    assert!(oracle_vs_ref <= 1e-6, "the numpy evaluation does not reproduce the reference ({oracle_vs_ref:.2e})");
+    assert!(
+        oracle_vs_ref <= 1e-6,
+        "the numpy evaluation does not reproduce the reference ({oracle_vs_ref:.2e})"
+    );
     assert!(nb_vs_np <= 1e-9, "nanoBragg convention: ours vs numpy {nb_vs_np:.2e}");
     assert!(db_vs_np <= 1e-9, "diffBragg convention: ours vs numpy {db_vs_np:.2e}");
     // The conventions really differ here (so the comparisons above can tell them apart).

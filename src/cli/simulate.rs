@@ -232,7 +232,11 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         e.input,
         e.p1,
         e.friedel_added,
-        if e.centric_minus_dropped > 0 { format!(", {} centric F(-) dropped", e.centric_minus_dropped) } else { String::new() },
+        if e.centric_minus_dropped > 0 {
+            format!(", {} centric F(-) dropped", e.centric_minus_dropped)
+        } else {
+            String::new()
+        },
         if e.centring_absent_dropped > 0 {
             format!(", {} centring-absent dropped", e.centring_absent_dropped)
         } else {

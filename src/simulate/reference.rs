@@ -16,12 +16,15 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{load_inputs, Fluence, Mosaic, RoiSpec, ShotInputs, SimulateConfig, SpectrumSource, StructureFactors};
+use super::{
+    load_inputs, Fluence, Mosaic, RoiSpec, ShotInputs, SimulateConfig, SpectrumSource, StructureFactors,
+};
 use crate::error::{io_err, Error, Result};
 use crate::kernel::{LatticeShape, Pixel, SubpixelFactors};
 
 /// The names of the cases.
-pub const CASES: [&str; 6] = ["shot_00", "shot_00_square", "shot_00_round", "shot_00_tophat", "shot_06", "quad_00"];
+pub const CASES: [&str; 6] =
+    ["shot_00", "shot_00_square", "shot_00_round", "shot_00_tophat", "shot_06", "quad_00"];
 
 /// The structure factors every case uses.
 pub const HKL_FILE: &str = "lyso_P1.hkl.gz";
@@ -94,9 +97,12 @@ pub fn case_config(dir: &Path, name: &str, out: &Path) -> Result<(SimulateConfig
     let params_path = dir.join(format!("{name}_params.json"));
     let params = read_json(&params_path)?;
     let get = |k: &str| params.get(k).ok_or_else(|| Error::file(&params_path, format!("missing `{k}`")));
-    let num = |k: &str| get(k)?.as_f64().ok_or_else(|| Error::file(&params_path, format!("`{k}` is not a number")));
-    let n3: Vec<f64> =
-        get("Ncells_abc")?.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let num =
+        |k: &str| get(k)?.as_f64().ok_or_else(|| Error::file(&params_path, format!("`{k}` is not a number")));
+    let n3: Vec<f64> = get("Ncells_abc")?
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
     if n3.len() != 3 {
         return Err(Error::file(&params_path, "`Ncells_abc` needs 3 numbers"));
     }
@@ -163,9 +169,14 @@ pub fn load(dir: &Path, name: &str) -> Result<RefCase> {
 pub fn read_f32_gz(path: &Path, n: usize) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut raw).map_err(|e| Error::file(path, e.to_string()))?;
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_end(&mut raw)
+        .map_err(|e| Error::file(path, e.to_string()))?;
     if raw.len() != 4 * n {
-        return Err(Error::file(path, format!("{} bytes, expected {} float32 for {n} pixels", raw.len(), 4 * n)));
+        return Err(Error::file(
+            path,
+            format!("{} bytes, expected {} float32 for {n} pixels", raw.len(), 4 * n),
+        ));
     }
     Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
