@@ -34,6 +34,9 @@
 //!   its imageset pointing at the HDF5 file by file name (a path relative to
 //!   the `.expt`). Each is written atomically.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod reference;
 
 use std::collections::HashMap;

@@ -34,7 +34,7 @@ pub enum Command {
     /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
     Residuals(crate::report::cli::ResidualsArgs),
     /// Render one shot with the forward model into an HDF5 image and a matching .expt.
-    Simulate(simulate::SimulateArgs),
+    Simulate(Box<simulate::SimulateArgs>),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -49,6 +49,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(args),
         Command::Bench(a) => bench::run(a),
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
-        Command::Simulate(a) => simulate::run(a),
+        Command::Simulate(a) => simulate::run(*a),
     }
 }

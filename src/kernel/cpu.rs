@@ -441,7 +441,15 @@ impl<'a> PreparedShot<'a> {
                     let domega = if self.point_pixel {
                         solid_angle_point_derivative(&ok, or, &odp)
                     } else {
-                        solid_angle_derivative(pan.area, &arr(&pan.normal), &arr(&dn), &arr(&op), &ok, or, &odp)
+                        solid_angle_derivative(
+                            pan.area,
+                            &arr(&pan.normal),
+                            &arr(&dn),
+                            &arr(&op),
+                            &ok,
+                            or,
+                            &odp,
+                        )
                     };
                     let dcap = if pan.absorbs { g.dcap * (dk.dot(&pan.normal) + g.k.dot(&dn)) } else { 0.0 };
                     let doc = domega * g.cap + g.omega * dcap;
