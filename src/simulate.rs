@@ -312,8 +312,9 @@ fn check_output(cfg: &SimulateConfig) -> Result<()> {
 
 /// Read the experiment, spectrum, structure factors and ROI into kernel inputs.
 pub fn load_inputs(cfg: &SimulateConfig) -> Result<ShotInputs> {
-    let list = ExperimentList::read(&cfg.expt)?;
-    let experiment = list.get(cfg.exp_idx)?.clone();
+    // Only this experiment's models are parsed (big combined files stay cheap).
+    let list = ExperimentList::read_one(&cfg.expt, cfg.exp_idx)?;
+    let experiment = list.get(0)?.clone();
     let beam = experiment.beam()?.clone();
     let detector = experiment.detector()?.clone();
     let crystal = experiment.crystal()?.clone();
