@@ -52,6 +52,9 @@ typedef unsigned long long uint64_t;
 #define DB_SHAPE_SQUARE 1
 #define DB_SHAPE_ROUND 2
 #define DB_SHAPE_TOPHAT 3
+#define DB_SHAPE_GAUSS_ARGCHK 4
+// nanoBragg GAUSS_ARGCHK: zero where the amplitude exponent |N·Δh|²/0.63 reaches this.
+#define DB_GAUSS_ARGCHK_LIMIT 35.0
 
 // Parameter kinds (values of DbParam.kind), as kernel::prepared::PKind.
 #define DB_P_CRYSTAL 0
@@ -241,6 +244,9 @@ DB_FN double db_lattice_other(int shape, const double* h, const double* v, doubl
         f = 1.0;
         for (int i = 0; i < 3; ++i)
             if (n_diag[i] > 1.0) f *= db_sincg(DB_PI * h[i], n_diag[i]);
+    } else if (shape == DB_SHAPE_GAUSS_ARGCHK) {
+        const double x = v2 / 0.63;
+        f = x >= DB_GAUSS_ARGCHK_LIMIT ? 0.0 : det_n * exp(-x);
     } else if (shape == DB_SHAPE_ROUND) {
         f = det_n * DB_ROUND_NORM * db_sinc3(DB_PI * sqrt(v2));
     } else {

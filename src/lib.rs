@@ -28,6 +28,7 @@ pub mod spectrum;
 pub mod symmetry;
 pub mod store;
 pub mod kernel;
+pub mod simulate;
 pub mod ucell;
 #[doc(hidden)]
 pub mod testutil;

@@ -296,7 +296,13 @@ fn rotations_and_cell_for_every_lattice_system() {
 
 #[test]
 fn every_lattice_shape_forward_and_fhkl_gradient() {
-    for shape in [LatticeShape::Gauss, LatticeShape::Square, LatticeShape::Round, LatticeShape::Tophat] {
+    for shape in [
+        LatticeShape::Gauss,
+        LatticeShape::Square,
+        LatticeShape::Round,
+        LatticeShape::Tophat,
+        LatticeShape::GaussArgchk,
+    ] {
         let o = Opts {
             shape,
             n_domains: 2,
@@ -401,4 +407,14 @@ fn bad_batches_are_rejected_with_named_errors() {
     let c = PreparedShot::new(&m, &fhkl, None, &many).unwrap();
     let e = host::evaluate(&[&c], &one, Mode::Derivs, None, 1).unwrap_err().to_string();
     assert!(e.contains("at most 64"), "{e}");
+}
+
+#[test]
+fn nanobragg_subpixel_convention_is_refused_by_the_gpu_layout() {
+    let (mut m, fhkl) = shot(0xE00, &Opts::default());
+    m.subpixel_factors = diffbragg::kernel::SubpixelFactors::FirstSubpixel;
+    let px = pixels_for(&m, &fhkl, 10);
+    let p = PreparedShot::new(&m, &fhkl, None, &[]).unwrap();
+    let err = layout::pack(&[&p], &[&px[..]], layout::MODE_FWD).unwrap_err().to_string();
+    assert!(err.contains("subpixel_factors") && err.contains("--device cpu"), "{err}");
 }

@@ -18,7 +18,7 @@ use diffbragg::crystal::UnitCell;
 use diffbragg::geometry::{Beam, Detector, Panel};
 use diffbragg::kernel::{
     full_detector_pixels, CrystalModel, DetectorShifts, Eta, FhklTable, MosaicSpec, NcellsParam, Param,
-    Pixel, PreparedShot, ShotModel, Source,
+    Pixel, PreparedShot, ShotModel, Source, SubpixelFactors,
 };
 use diffbragg::ucell::{LatticeSystem, UcellParams};
 
@@ -344,6 +344,41 @@ fn ncells_without_the_det_prefactor() {
     ]
     .map(Param::Ncells);
     check(&m, &fhkl, &params, &pixels, LatticeSystem::Monoclinic);
+}
+
+/// nanoBragg's sub-pixel convention (Ω and P fixed at the first sub-pixel)
+/// moves both with the detector parameters: oversampling 3, an absorbing
+/// panel, then point pixels.
+#[test]
+fn first_subpixel_convention_detector_and_crystal_parameters() {
+    for (seed, point_pixel) in [(0x5B1, false), (0x5B2, true)] {
+        let o = Opts {
+            n_domains: 4,
+            eta: Eta::Iso(0.05),
+            oversample: 3,
+            absorbing: true,
+            point_pixel,
+            ..Default::default()
+        };
+        let (mut m, fhkl) = random_shot(seed, &o);
+        m.subpixel_factors = SubpixelFactors::FirstSubpixel;
+        let pixels = signal_pixels(&m, &fhkl, 150);
+        // The convention changes the values (so this is not the default model again).
+        let mut d = m.clone();
+        d.subpixel_factors = SubpixelFactors::OmegaPerSubpixel;
+        let a = PreparedShot::new(&m, &fhkl, None, &[]).unwrap().forward(&pixels).unwrap();
+        let b = PreparedShot::new(&d, &fhkl, None, &[]).unwrap().forward(&pixels).unwrap();
+        assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-6 * y.abs()));
+        let mut params = vec![Param::RotX, Param::Scale, Param::Eta(0), Param::Ucell(0), Param::DetzShift];
+        params.extend([Param::Ncells(NcellsParam::Na), Param::LambdaOffset]);
+        for panel in 0..2 {
+            for axis in 0..3 {
+                params.push(Param::PanelShift { panel, axis });
+                params.push(Param::PanelRot { panel, axis });
+            }
+        }
+        check(&m, &fhkl, &params, &pixels, LatticeSystem::Triclinic);
+    }
 }
 
 #[test]

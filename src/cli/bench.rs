@@ -12,11 +12,11 @@
 use crate::conventions::{axis_angle, Vec3};
 use crate::crystal::UnitCell;
 use crate::geometry::{Beam, Detector, Panel};
-use crate::kernel::refcase;
 use crate::kernel::{
     full_detector_pixels, generate_umats, pixels_from_rois, CrystalModel, Eta, FhklScales, FhklTable,
     MosaicSpec, Param, Pixel, PreparedShot, Roi, ShotModel, SimdLevel, Source,
 };
+use crate::simulate::reference as refcase;
 use crate::ucell::{LatticeSystem, UcellParams};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -278,7 +278,10 @@ pub fn find_rois(model: &ShotModel, fhkl: &FhklTable, n: usize, size: usize) -> 
 }
 
 fn reference_check(dir: &std::path::Path) -> Result<()> {
-    println!("\nreference images ({}), full detector / ROI, no fitted scale:", dir.display());
+    println!(
+        "\nreference images ({}), full detector / ROI, no fitted scale, nanoBragg's sub-pixel convention:",
+        dir.display()
+    );
     println!(
         "{:>16} {:>10} {:>9} {:>12} {:>12} {:>9}",
         "case", "pixels", "compared", "max rel", "sum rel", "s"
@@ -287,9 +290,9 @@ fn reference_check(dir: &std::path::Path) -> Result<()> {
         let case = refcase::load(dir, name).with_context(|| format!("loading {name}"))?;
         let pixels = case.rendered_pixels();
         let t = Instant::now();
-        let vals = PreparedShot::new(&case.model, &case.fhkl, None, &[])?.forward(&pixels)?;
+        let vals = PreparedShot::new(&case.inputs.model, &case.inputs.fhkl, None, &[])?.forward(pixels)?;
         let dt = t.elapsed().as_secs_f64();
-        let c = refcase::compare(&case, &pixels, &vals, 1e-3);
+        let c = refcase::compare(&case, pixels, &vals, 1e-3);
         println!(
             "{name:>16} {:>10} {:>9} {:>12.3e} {:>12.3e} {dt:>9.3}",
             pixels.len(),

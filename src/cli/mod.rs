@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod import;
+pub mod simulate;
 pub mod sql;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
     Residuals(crate::report::cli::ResidualsArgs),
+    /// Render one shot with the forward model into an HDF5 image and a matching .expt.
+    Simulate(Box<simulate::SimulateArgs>),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(args),
         Command::Bench(a) => bench::run(a),
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
+        Command::Simulate(a) => simulate::run(*a),
     }
 }

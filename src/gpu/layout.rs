@@ -170,6 +170,7 @@ fn shape_code(s: LatticeShape) -> i32 {
         LatticeShape::Square => 1,
         LatticeShape::Round => 2,
         LatticeShape::Tophat => 3,
+        LatticeShape::GaussArgchk => 4,
     }
 }
 
@@ -235,6 +236,14 @@ pub fn pack(shots: &[&PreparedShot<'_>], pixels: &[&[Pixel]], mode: i32) -> Resu
     let mut grad_len = 0usize;
     let mut n_pix_total = 0usize;
     for (si, shot) in shots.iter().enumerate() {
+        if shot.first_subpixel {
+            // The nanoBragg convention exists to compare with nanoBragg's own images
+            // (kernel::SubpixelFactors); the GPU kernels implement diffBragg's only.
+            return Err(Error::param(
+                "subpixel_factors",
+                format!("shot {si}: the nanoBragg sub-pixel convention is CPU-only; use --device cpu"),
+            ));
+        }
         let dims: Vec<[usize; 2]> = shot.panels.iter().map(|p| p.n).collect();
         validate_pixels(pixels[si], &dims)
             .map_err(|e| Error::param(format!("shots[{si}]"), e.to_string()))?;

@@ -281,8 +281,13 @@ impl<'a> PreparedShot<'a> {
     ) -> f64 {
         let pan = &self.panels[px.panel as usize];
         let (f, s) = (px.fast as f64, px.slow as f64);
-        // Polarization once per pixel at the pixel centre, front face.
-        let (fc, scn) = ((f + 0.5) * pan.px[0], (s + 0.5) * pan.px[1]);
+        let os = self.os;
+        let inv_os = 1.0 / os as f64;
+        // Polarization once per pixel on the front face: at the pixel centre
+        // (diffBragg), or at the first sub-pixel's centre (nanoBragg), where
+        // that convention also fixes Ω for the whole pixel.
+        let c = if self.first_subpixel { 0.5 * inv_os } else { 0.5 };
+        let (fc, scn) = ((f + c) * pan.px[0], (s + c) * pan.px[1]);
         let pc = pan.origin + pan.fast * fc + pan.slow * scn;
         let rc = pc.norm();
         let kc = pc / rc;
@@ -291,13 +296,23 @@ impl<'a> PreparedShot<'a> {
         } else {
             1.0
         };
+        let fixed = self.first_subpixel.then(|| FixedOmega {
+            omega: if self.point_pixel {
+                solid_angle_point(rc)
+            } else {
+                solid_angle(pan.area, pan.normal.dot(&pc), rc)
+            },
+            p: pc,
+            r: rc,
+            k: kc,
+            fd: fc,
+            sd: scn,
+        });
         let np = self.params.len();
         if MODE == GRAD {
             sc.ds.iter_mut().for_each(|x| *x = 0.0);
         }
         let fw_pix = wp * self.pref * pol;
-        let os = self.os;
-        let inv_os = 1.0 / os as f64;
         let mut ssum = 0.0;
         for sy in 0..os {
             for sx in 0..os {
@@ -309,9 +324,11 @@ impl<'a> PreparedShot<'a> {
                     let p = front + pan.normal * depth;
                     let r = p.norm();
                     let k = p / r;
-                    let ndp = pan.normal.dot(&p);
-                    let omega =
-                        if self.point_pixel { solid_angle_point(r) } else { solid_angle(pan.area, ndp, r) };
+                    let omega = match &fixed {
+                        Some(fx) => fx.omega,
+                        None if self.point_pixel => solid_angle_point(r),
+                        None => solid_angle(pan.area, pan.normal.dot(&p), r),
+                    };
                     let (cap, dcap) = if pan.absorbs {
                         capture_fraction(depth, pan.dz, pan.att, k.dot(&pan.normal))
                     } else {
@@ -328,7 +345,7 @@ impl<'a> PreparedShot<'a> {
                     ssum += oc * sc.acc.i;
                     if MODE == GRAD && np > 0 {
                         let geo = SubGeom { p, r, k, omega, cap, dcap, depth, fd, sd, u };
-                        self.sub_derivs(pan, px.panel as usize, &geo, &sc.acc, &mut sc.ds);
+                        self.sub_derivs(pan, px.panel as usize, &geo, fixed.as_ref(), &sc.acc, &mut sc.ds);
                     }
                 }
             }
@@ -346,7 +363,7 @@ impl<'a> PreparedShot<'a> {
                     PKind::Scale => self.pref_no_g * pol * ssum,
                     _ => {
                         let mut d = self.pref * pol * sc.ds[j];
-                        // The polarization moves with the pixel centre.
+                        // The polarization moves with its evaluation point.
                         if let Some(dp) = det_dp(kind, pan, px.panel as usize, fc, scn, 0.0) {
                             let dk = Vec3::from(direction_derivative(&arr(&kc), rc, &arr(&dp)));
                             d += self.pref * pg.dot(&dk) * ssum;
@@ -360,7 +377,16 @@ impl<'a> PreparedShot<'a> {
     }
 
     /// Add one sub-pixel/layer's contribution to every parameter's derivative.
-    fn sub_derivs(&self, pan: &PanelPre, panel: usize, g: &SubGeom, acc: &SubAcc, ds: &mut [f64]) {
+    /// `fixed`: the pixel's one Ω point under the first-sub-pixel convention.
+    fn sub_derivs(
+        &self,
+        pan: &PanelPre,
+        panel: usize,
+        g: &SubGeom,
+        fixed: Option<&FixedOmega>,
+        acc: &SubAcc,
+        ds: &mut [f64],
+    ) {
         let oc = g.omega * g.cap;
         let u = Vec3::new(g.u[0], g.u[1], g.u[2]);
         // γ = Σ_m M_mᵀ H_m, needed by detector parameters.
@@ -403,17 +429,26 @@ impl<'a> PreparedShot<'a> {
                     });
                     let (k, dpa) = (arr(&g.k), arr(&dp));
                     let dk = Vec3::from(direction_derivative(&k, g.r, &dpa));
+                    // Ω moves with the point it is evaluated at: this sub-pixel, or the fixed one.
+                    let (op, ok, or, odp) = match fixed {
+                        Some(fx) => {
+                            // Same parameter and panel, so `det_dp` is `Some` here too.
+                            let d = det_dp(kind, pan, panel, fx.fd, fx.sd, 0.0).unwrap_or(dp);
+                            (fx.p, arr(&fx.k), fx.r, arr(&d))
+                        }
+                        None => (g.p, k, g.r, dpa),
+                    };
                     let domega = if self.point_pixel {
-                        solid_angle_point_derivative(&k, g.r, &dpa)
+                        solid_angle_point_derivative(&ok, or, &odp)
                     } else {
                         solid_angle_derivative(
                             pan.area,
                             &arr(&pan.normal),
                             &arr(&dn),
-                            &arr(&g.p),
-                            &k,
-                            g.r,
-                            &dpa,
+                            &arr(&op),
+                            &ok,
+                            or,
+                            &odp,
                         )
                     };
                     let dcap = if pan.absorbs { g.dcap * (dk.dot(&pan.normal) + g.k.dot(&dn)) } else { 0.0 };
@@ -646,6 +681,18 @@ impl<'a> PreparedShot<'a> {
         }
         acc.i = isum;
     }
+}
+
+/// The one point where Ω (and P) are evaluated for a whole pixel under
+/// [`super::SubpixelFactors::FirstSubpixel`]: position, distance, direction,
+/// fast/slow offsets on the panel (mm) and Ω there.
+struct FixedOmega {
+    omega: f64,
+    p: Vec3,
+    r: f64,
+    k: Vec3,
+    fd: f64,
+    sd: f64,
 }
 
 /// Geometry of one sub-pixel/layer.

@@ -20,6 +20,10 @@
 //! * P: Kahn polarization once per pixel at the pixel centre, with the beam's
 //!   own Kahn factor and E-axis. \[TRAP\] hopper uses K = 1; we use the
 //!   experiment's polarization.
+//! * [`SubpixelFactors`] chooses where Ω and P are evaluated: the above is
+//!   diffBragg's (default); nanoBragg's standalone program evaluates both once,
+//!   at the first sub-pixel's centre on the front face
+//!   (`SubpixelFactors::FirstSubpixel`, which its reference images need).
 //! * `q = (k̂ − ŝ0)/λ'_c` (Å⁻¹), `λ'_c = λ0 + λ1·λ_c`;
 //!   `h = A_real(m)ᵀ·q` with `A_real(m) = Umos_m·Rx·Ry·Rz·U·B_real·Oᵀ`;
 //!   `h0 = ceil(h − ½)`.
@@ -48,8 +52,8 @@
 //! [`shot`] the inputs and the derivative parameters, [`prepared`] the hoisted
 //! per-shot/per-domain quantities, [`cpu`] the loops, [`fhkl`] the |F|² grid,
 //! [`mosaic`] the domain generator, [`pixels`] pixel lists and the ROI
-//! assembly (background plane), [`refcase`] a temporary loader of the
-//! reference images.
+//! assembly (background plane). The reference images are loaded by
+//! [`crate::simulate::reference`].
 //!
 //! # Numerics and speed
 //! All maths in f64. The step loop runs over blocks of 8 steps with no
@@ -71,7 +75,6 @@ pub mod model;
 pub mod mosaic;
 pub mod pixels;
 pub mod prepared;
-pub mod refcase;
 pub mod shot;
 
 pub use cpu::KernelOutput;
@@ -82,6 +85,7 @@ pub use pixels::{full_detector_pixels, pixels_from_rois, BackgroundPlane, Pixel,
 pub use prepared::{FhklScales, PreparedShot, SimdLevel};
 pub use shot::{
     sources_from_spectrum, CrystalModel, DetectorShifts, MosaicSpec, NcellsParam, Param, ShotModel, Source,
+    SubpixelFactors,
 };
 
 /// Simulate every pixel of the detector (panel after panel, slow-major).

@@ -22,6 +22,10 @@ pub const ROUND_NORM: f64 = 0.723601254558268;
 /// TOPHAT radius²: `0.63²`.
 pub const TOPHAT_R2: f64 = 0.3969;
 
+/// GAUSS_ARGCHK: the amplitude is 0 once its exponent `|N·Δh|²/0.63` reaches 35
+/// (nanoBragg's cut, which avoids underflow in `exp`).
+pub const GAUSS_ARGCHK_LIMIT: f64 = 35.0;
+
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 const LN2_HI: f64 = 0.6931471803691238;
 const LN2_LO: f64 = 1.9082149292705877e-10;
@@ -231,6 +235,9 @@ pub enum LatticeShape {
     Round,
     /// nanoBragg TOPHAT: `det(N)·[|N·Δh|² < 0.3969]`.
     Tophat,
+    /// nanoBragg GAUSS_ARGCHK: [`LatticeShape::Gauss`], but 0 where the
+    /// amplitude's exponent `|N·Δh|²/0.63` is ≥ 35. Forward only (scalar path).
+    GaussArgchk,
 }
 
 impl LatticeShape {
@@ -240,6 +247,7 @@ impl LatticeShape {
             "square" | "square_xtal" => LatticeShape::Square,
             "round" | "round_xtal" => LatticeShape::Round,
             "tophat" | "tophat_spots" => LatticeShape::Tophat,
+            "gauss-argchk" | "gauss_argchk" => LatticeShape::GaussArgchk,
             _ => return None,
         })
     }
@@ -270,6 +278,10 @@ pub fn lattice_intensity(
                 }
             }
             f
+        }
+        LatticeShape::GaussArgchk => {
+            let x = v2 / GAUSS_WIDTH;
+            return if x >= GAUSS_ARGCHK_LIMIT { 0.0 } else { det_n * det_n * exp_neg(-2.0 * x) };
         }
         LatticeShape::Round => det_n * ROUND_NORM * sinc3(std::f64::consts::PI * v2.sqrt()),
         LatticeShape::Tophat => {
@@ -433,5 +445,25 @@ mod tests {
         assert!((sinc3(x) - 3.0 * (x.sin() / x - x.cos()) / (x * x)).abs() < 1e-13);
         assert!((sinc3(0.5) - 3.0 * (0.5f64.sin() / 0.5 - 0.5f64.cos()) / 0.25).abs() < 1e-15);
         assert_eq!(lattice_intensity(LatticeShape::Tophat, &hint, &[0.7, 0.0, 0.0], det, &n), 0.0);
+    }
+
+    #[test]
+    fn gauss_argchk_is_the_gaussian_cut_at_35() {
+        let n = [18.0, 22.0, 30.0];
+        let det = n[0] * n[1] * n[2];
+        let h = [0.0; 3];
+        // |v|²/0.63 just below and at the limit (v along one axis).
+        let below = [(0.63f64 * 34.999).sqrt(), 0.0, 0.0];
+        let at = [(0.63f64 * 35.0).sqrt() * (1.0 + 1e-15), 0.0, 0.0];
+        for v in [[0.1, -0.2, 0.05], below] {
+            let g = lattice_intensity(LatticeShape::Gauss, &h, &v, det, &n);
+            let a = lattice_intensity(LatticeShape::GaussArgchk, &h, &v, det, &n);
+            let want = det * det * (-2.0 * dot(&v, &v) / 0.63).exp();
+            assert!((a - want).abs() <= 1e-13 * want, "{a} vs {want}");
+            assert!((a - g).abs() <= 1e-13 * g);
+        }
+        assert_eq!(lattice_intensity(LatticeShape::GaussArgchk, &h, &at, det, &n), 0.0);
+        assert!(lattice_intensity(LatticeShape::Gauss, &h, &at, det, &n) > 0.0);
+        assert_eq!(LatticeShape::from_name("gauss-argchk"), Some(LatticeShape::GaussArgchk));
     }
 }

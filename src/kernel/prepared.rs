@@ -165,6 +165,8 @@ pub struct PreparedShot<'a> {
     pub(crate) pref_no_g: f64,
     pub(crate) os: usize,
     pub(crate) point_pixel: bool,
+    /// Ω and P at the first sub-pixel (nanoBragg) instead of per sub-pixel / at the centre.
+    pub(crate) first_subpixel: bool,
     pub(crate) shape: LatticeShape,
     /// N row-major, whether it is diagonal, det(N) (1 with no_Nabc_scale) and the diagonal.
     pub(crate) nm: [f64; 9],
@@ -442,6 +444,7 @@ impl<'a> PreparedShot<'a> {
             pref_no_g,
             os,
             point_pixel: model.point_pixel,
+            first_subpixel: model.subpixel_factors == super::shot::SubpixelFactors::FirstSubpixel,
             shape: c.shape,
             nm,
             n_diag_only,

@@ -1,16 +1,15 @@
 //! Test-only helpers shared by the kernel integration tests.
 //!
-//! The reference-case loader lives in `diffbragg::kernel::refcase` (the bench
-//! command uses it too). It is a TEMPORARY minimal `.expt`/`.lam` reader; the
-//! lead switches it to `io::dials_expt` once that reader is merged.
+//! The reference cases are loaded by `diffbragg::simulate::reference` (through
+//! the real `.expt`, `.lam` and `h k l F` readers), which the bench command uses too.
 #![allow(dead_code)]
 
-use diffbragg::kernel::refcase::{self, RefCase};
+use diffbragg::simulate::reference::{self, RefCase};
 
 /// Load a reference case from the shared folder.
 pub fn load_case(name: &str) -> RefCase {
-    let dir = refcase::reference_dir(&diffbragg::testutil::shared_dir());
-    refcase::load(&dir, name).unwrap_or_else(|e| panic!("loading reference case {name}: {e}"))
+    let dir = reference::reference_dir(&diffbragg::testutil::shared_dir());
+    reference::load(&dir, name).unwrap_or_else(|e| panic!("loading reference case {name}: {e}"))
 }
 
 /// A small deterministic generator (xorshift64*), so tests need no seed plumbing.
