@@ -47,7 +47,8 @@
 //! [`model`] the per-step maths (pure functions; a GPU port mirrors them),
 //! [`shot`] the inputs and the derivative parameters, [`prepared`] the hoisted
 //! per-shot/per-domain quantities, [`cpu`] the loops, [`fhkl`] the |F|² grid,
-//! [`mosaic`] the domain generator, [`pixels`] pixel lists and the ROI
+//! [`mosaic`] the domain generator, [`wavelength`] the per-pixel mean
+//! wavelength (laue mode), [`pixels`] pixel lists and the ROI
 //! assembly (background plane), [`refcase`] a temporary loader of the
 //! reference images.
 //!
@@ -73,6 +74,7 @@ pub mod pixels;
 pub mod prepared;
 pub mod refcase;
 pub mod shot;
+pub mod wavelength;
 
 pub use cpu::KernelOutput;
 pub use fhkl::FhklTable;
@@ -80,6 +82,7 @@ pub use model::LatticeShape;
 pub use mosaic::{generate_umats, Eta};
 pub use pixels::{full_detector_pixels, pixels_from_rois, BackgroundPlane, Pixel, Roi};
 pub use prepared::{FhklScales, PreparedShot, SimdLevel};
+pub use wavelength::mean_wavelength;
 pub use shot::{
     sources_from_spectrum, CrystalModel, DetectorShifts, MosaicSpec, NcellsParam, Param, ShotModel, Source,
 };

@@ -1,0 +1,1 @@
+//! Report figures of `diffbragg integrate` (filled in below).
