@@ -127,7 +127,8 @@ fn predictions_recover_the_truth_and_labels_follow_the_data() {
 
         // 2. Strong/weak labels against an independent spot-finding pass.
         let strong = independent_strong(shot);
-        let srows: Vec<usize> = (0..strong_refl.nrows()).filter(|&i| strong_refl.get_int("id").unwrap()[i] == id).collect();
+        let srows: Vec<usize> =
+            (0..strong_refl.nrows()).filter(|&i| strong_refl.get_int("id").unwrap()[i] == id).collect();
         assert_eq!(srows.len(), strong.len(), "strong spot count");
         let mut want_strong = vec![false; refl.nrows()];
         for (_, _, q) in &strong {
@@ -149,7 +150,10 @@ fn predictions_recover_the_truth_and_labels_follow_the_data() {
         }
     }
     let recall = n_found as f64 / n_true as f64;
-    println!("truth {n_true}, predicted {n_found} ({:.2} %), centroids compared {n_cmp}, worst {worst:.4} px", 100.0 * recall);
+    println!(
+        "truth {n_true}, predicted {n_found} ({:.2} %), centroids compared {n_cmp}, worst {worst:.4} px",
+        100.0 * recall
+    );
     println!("labels {n_labels}: {n_strong_labels} strong");
     assert!(recall >= 0.98, "recall {recall}");
     assert!(n_cmp as f64 >= 0.95 * n_true as f64);

@@ -28,7 +28,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn laue_mode_rescales_rlp_by_the_spot_wavelength() {
     let tmp = tempfile::tempdir().unwrap();
     // Large domains: each spot is made by a narrow part of the ±2 % band.
-    let spec = c::Spec { n_shots: 2, seed: 23, bandwidth: 0.02, channels: 25, ncells: [30.0; 3], g: 1.0, ..Default::default() };
+    let spec = c::Spec {
+        n_shots: 2,
+        seed: 23,
+        bandwidth: 0.02,
+        channels: 25,
+        ncells: [30.0; 3],
+        g: 1.0,
+        ..Default::default()
+    };
     let ds = c::make_dataset(tmp.path(), spec);
     let proc = c::write_proc_phil(tmp.path(), "");
     let common = "threshold = 50\nqcut = 0.004\nlabel_weak_col = rlp\nweak_fraction = 1.0";
@@ -36,7 +44,8 @@ fn laue_mode_rescales_rlp_by_the_spot_wavelength() {
     for laue in [true, false] {
         let d = tmp.path().join(format!("laue_{laue}"));
         std::fs::create_dir_all(&d).unwrap();
-        let pred = c::write_pred_phil(&d, &format!("{common}\nlaue_mode = {}", if laue { "True" } else { "False" }));
+        let pred =
+            c::write_pred_phil(&d, &format!("{common}\nlaue_mode = {}", if laue { "True" } else { "False" }));
         let out = d.join("out");
         let s = run(&IntegrateOptions::new(&pred, &proc, &ds.stage1, &out), &SingleProcess).unwrap();
         assert_eq!(s.n_predicted, 2, "{s:?}");
@@ -61,7 +70,8 @@ fn laue_mode_rescales_rlp_by_the_spot_wavelength() {
             let s0u = shot.beam.unit_s0();
             let a = shot.a_matrix();
             let spots = c::true_spots(shot, 50.0);
-            let truth: std::collections::HashMap<[i32; 3], f64> = spots.iter().map(|t| (t.hkl, t.lambda_bragg)).collect();
+            let truth: std::collections::HashMap<[i32; 3], f64> =
+                spots.iter().map(|t| (t.hkl, t.lambda_bragg)).collect();
             if laue {
                 let rows: Vec<usize> = (0..refl.nrows()).filter(|&i| ids[i] == row.exp_idx as i32).collect();
                 for t in spots.iter().filter(|t| !t.merged) {
@@ -81,7 +91,10 @@ fn laue_mode_rescales_rlp_by_the_spot_wavelength() {
                 if laue {
                     let ave = refl.get_double("ave_wavelen").unwrap()[i];
                     assert!(ave > lam_lo - 1e-9 && ave < lam_hi + 1e-9, "ave_wavelen {ave} outside the band");
-                    assert!((out - pos * (lbar / ave)).norm() < 1e-9 * pos.norm(), "rlp is not rlp_pos·λ̄/λ_spot");
+                    assert!(
+                        (out - pos * (lbar / ave)).norm() < 1e-9 * pos.norm(),
+                        "rlp is not rlp_pos·λ̄/λ_spot"
+                    );
                     // Spots beyond 4 Å: their Ewald-sphere tolerance in λ (≈ 2δq/|q|², δq ≈ 0.66/(N·c))
                     // is below the band width, so the spectrum selects their wavelength.
                     if let Some(&lb) = truth.get(&hkl[i]) {
@@ -105,7 +118,8 @@ fn laue_mode_rescales_rlp_by_the_spot_wavelength() {
         if laue {
             // Pearson correlation of λ_spot with λ_Bragg (spots beyond 4 Å whose λ_Bragg lies in the band).
             let n = lam_err.len() as f64;
-            let (mx, my) = (lam_err.iter().map(|p| p.0).sum::<f64>() / n, lam_err.iter().map(|p| p.1).sum::<f64>() / n);
+            let (mx, my) =
+                (lam_err.iter().map(|p| p.0).sum::<f64>() / n, lam_err.iter().map(|p| p.1).sum::<f64>() / n);
             let sxy: f64 = lam_err.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
             let sxx: f64 = lam_err.iter().map(|p| (p.0 - mx).powi(2)).sum();
             let syy: f64 = lam_err.iter().map(|p| (p.1 - my).powi(2)).sum();

@@ -57,7 +57,11 @@ pub struct IntegrateArgs {
 pub fn run_cli(args: IntegrateArgs) -> anyhow::Result<()> {
     for (set, flag, why) in [
         (args.filter_dupes, "--filterDupes", "merging predictions that share a Miller index"),
-        (args.scan_weak_fracs, "--scanWeakFracs", "scanning weak fractions (rerun with predictions.weak_fraction=...)"),
+        (
+            args.scan_weak_fracs,
+            "--scanWeakFracs",
+            "scanning weak fractions (rerun with predictions.weak_fraction=...)",
+        ),
         (args.dials_integ, "--dialsInteg", "DIALS summation integration (broken in the reference too)"),
     ] {
         if set {

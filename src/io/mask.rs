@@ -93,7 +93,10 @@ pub fn read_mask(path: impl AsRef<Path>) -> Result<TrustedMask> {
         return read_h5(path);
     }
     if looks_like_pickle(&bytes) {
-        return Err(Error::file(path, format!("this is a Python pickle (a DIALS mask?), which cannot be read; {PICKLE_HELP}")));
+        return Err(Error::file(
+            path,
+            format!("this is a Python pickle (a DIALS mask?), which cannot be read; {PICKLE_HELP}"),
+        ));
     }
     Err(Error::file(path, "not a mask file: expected NPY (numpy.save) or HDF5 with a `mask` dataset"))
 }
@@ -105,25 +108,24 @@ fn looks_like_pickle(b: &[u8]) -> bool {
 
 /// Split a flat C-order stack into panels.
 fn split_panels(shape: &[usize], values: Vec<bool>, path: &Path) -> Result<TrustedMask> {
-    let (np, ns, nf) = match *shape {
-        [ns, nf] => (1, ns, nf),
-        [np, ns, nf] => (np, ns, nf),
-        _ => {
-            return Err(Error::file(
+    let (np, ns, nf) =
+        match *shape {
+            [ns, nf] => (1, ns, nf),
+            [np, ns, nf] => (np, ns, nf),
+            _ => return Err(Error::file(
                 path,
-                format!("mask array has shape {shape:?}; expected (n_panels, n_slow, n_fast) or (n_slow, n_fast)"),
-            ))
-        }
-    };
+                format!(
+                    "mask array has shape {shape:?}; expected (n_panels, n_slow, n_fast) or (n_slow, n_fast)"
+                ),
+            )),
+        };
     if np == 0 || ns == 0 || nf == 0 {
         return Err(Error::file(path, format!("mask array of shape {shape:?} is empty")));
     }
     let per = ns * nf;
     debug_assert_eq!(values.len(), np * per);
-    let panels = values
-        .chunks_exact(per)
-        .map(|c| PanelMask { n_slow: ns, n_fast: nf, trusted: c.to_vec() })
-        .collect();
+    let panels =
+        values.chunks_exact(per).map(|c| PanelMask { n_slow: ns, n_fast: nf, trusted: c.to_vec() }).collect();
     Ok(TrustedMask { panels })
 }
 
@@ -168,9 +170,8 @@ pub fn parse_npy(b: &[u8], path: &Path) -> Result<TrustedMask> {
     let shape_text = dict_value(header, "shape").ok_or_else(|| bad("header has no 'shape'"))?;
     let shape = parse_shape(shape_text).ok_or_else(|| bad(&format!("cannot read shape {shape_text}")))?;
     let n = n_elems(&shape, path)?;
-    let (kind, size, big) = parse_descr(descr).ok_or_else(|| {
-        bad(&format!("unsupported dtype '{descr}' (use bool, integers or floats)"))
-    })?;
+    let (kind, size, big) = parse_descr(descr)
+        .ok_or_else(|| bad(&format!("unsupported dtype '{descr}' (use bool, integers or floats)")))?;
     let data = &b[end..];
     let need = n.checked_mul(size).ok_or_else(|| bad("size overflow"))?;
     if data.len() < need {
@@ -307,7 +308,10 @@ fn read_h5(path: &Path) -> Result<TrustedMask> {
         }
     }
     if panels.is_empty() {
-        return Err(Error::file(path, "HDF5 mask needs a root dataset `mask` (or `panel_0`, `panel_1`, ...)"));
+        return Err(Error::file(
+            path,
+            "HDF5 mask needs a root dataset `mask` (or `panel_0`, `panel_1`, ...)",
+        ));
     }
     Ok(TrustedMask { panels })
 }
@@ -372,8 +376,14 @@ mod tests {
         let m = parse_npy(&npy("|u1", true, &[2, 3], &[1, 0, 0, 0, 0, 1]), p).unwrap();
         assert_eq!(m.panels[0].trusted, vec![true, false, false, false, false, true]);
         // Errors name the problem.
-        assert!(parse_npy(&npy("<c16", false, &[1, 1], &[0; 16]), p).unwrap_err().to_string().contains("dtype"));
-        assert!(parse_npy(&npy("|b1", false, &[2, 2], &[1, 1]), p).unwrap_err().to_string().contains("bytes"));
+        assert!(parse_npy(&npy("<c16", false, &[1, 1], &[0; 16]), p)
+            .unwrap_err()
+            .to_string()
+            .contains("dtype"));
+        assert!(parse_npy(&npy("|b1", false, &[2, 2], &[1, 1]), p)
+            .unwrap_err()
+            .to_string()
+            .contains("bytes"));
         assert!(parse_npy(&npy("|b1", false, &[4], &[1; 4]), p).unwrap_err().to_string().contains("shape"));
     }
 

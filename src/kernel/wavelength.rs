@@ -96,7 +96,13 @@ mod tests {
         let sources = (0..7)
             .map(|i| Source { wavelength: 1.25 + 0.012 * i as f64, weight: 1.0 + (i % 3) as f64, channel: 0 })
             .collect();
-        let mut m = ShotModel::new(Detector { panels: vec![panel], hierarchy: None }, Beam::default(), sources, c, 1e24);
+        let mut m = ShotModel::new(
+            Detector { panels: vec![panel], hierarchy: None },
+            Beam::default(),
+            sources,
+            c,
+            1e24,
+        );
         m.oversample = 2;
         m.lambda_coef = [0.01, 0.995];
         m

@@ -61,7 +61,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float64Array, Int32Array, Int64Array, ListArray, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float64Array, Int32Array, Int64Array,
+    ListArray, StringArray,
+};
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
@@ -71,7 +74,10 @@ use crate::config::dials::ThresholdAlgorithm as PhilThreshold;
 use crate::config::diffbragg::LabelWeakCol;
 use crate::config::names::{self, Resolution};
 use crate::config::value::AutoOr;
-use crate::config::{IntegrateConfig, Integrate as IntegrateKind, ProgramKind, StillsProcessConfig, StillsProcessParams, Root, DiffBraggParams, Warning};
+use crate::config::{
+    DiffBraggParams, Integrate as IntegrateKind, IntegrateConfig, ProgramKind, Root, StillsProcessConfig,
+    StillsProcessParams, Warning,
+};
 use crate::crystal::Crystal;
 use crate::dist::Comm;
 use crate::error::{io_err, Error, Result};
@@ -92,7 +98,8 @@ use crate::symmetry::{miller::expand_to_p1, SpaceGroup};
 use super::label::{self, LabelParams, TableOptions};
 use super::matching::{label_weak, select_weak, MatchColumn, MatchParams};
 use super::predictions::{
-    append_prediction_rows, apply_laue_rlp, build_model, predict, HklSet, PredictConfig, ShotGeometry, Stage1Model,
+    append_prediction_rows, apply_laue_rlp, build_model, predict, HklSet, PredictConfig, ShotGeometry,
+    Stage1Model,
 };
 use super::spotfinder::{DispersionParams, ThresholdAlgorithm};
 
@@ -160,7 +167,9 @@ pub fn route_cmdline(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
             Resolution::Found { .. } | Resolution::Ambiguous(_) => pred.push(a.clone()),
             Resolution::Unknown(sugg_db) => {
                 let in_sp = names::resolve(key, sp.defs.iter().map(|d| d.name.as_str()), &|_| true);
-                if matches!(in_sp, Resolution::Found { .. } | Resolution::Ambiguous(_)) || sp.opaque_scope(key).is_some() {
+                if matches!(in_sp, Resolution::Found { .. } | Resolution::Ambiguous(_))
+                    || sp.opaque_scope(key).is_some()
+                {
                     proc.push(a.clone());
                 } else {
                     let sugg_sp = match in_sp {
@@ -237,10 +246,16 @@ impl Settings {
         let (amplitude, hkl_set) = if p.use_diffbragg_mtz {
             let sf = &pred.simulator.structure_factors;
             let path = sf.mtz_name.as_ref().ok_or_else(|| {
-                Error::param("simulator.structure_factors.mtz_name", "needed by predictions.use_diffBragg_mtz=True")
+                Error::param(
+                    "simulator.structure_factors.mtz_name",
+                    "needed by predictions.use_diffBragg_mtz=True",
+                )
             })?;
             let col = sf.mtz_column.as_deref().ok_or_else(|| {
-                Error::param("simulator.structure_factors.mtz_column", "needed by predictions.use_diffBragg_mtz=True")
+                Error::param(
+                    "simulator.structure_factors.mtz_column",
+                    "needed by predictions.use_diffBragg_mtz=True",
+                )
             })?;
             let mtz = crate::io::mtz::Mtz::read(path)?;
             let amps = mtz.amplitudes(col)?;
@@ -261,7 +276,10 @@ impl Settings {
             (mean, HklSet::List { p1: Arc::new(set.into_iter().collect()) })
         } else {
             let sg = match &p.symbol_override {
-                Some(s) => Some(SpaceGroup::parse(s).map_err(|e| Error::param("predictions.symbol_override", e.to_string()))?),
+                Some(s) => Some(
+                    SpaceGroup::parse(s)
+                        .map_err(|e| Error::param("predictions.symbol_override", e.to_string()))?,
+                ),
                 None => None,
             };
             (p.default_famplitude, HklSet::Flat { space_group: sg })
@@ -270,7 +288,10 @@ impl Settings {
             return Err(Error::param("predictions.default_Famplitude", format!("{amplitude} must be > 0")));
         }
         if p.laue_mode && !pred.spectrum_from_imageset {
-            notes.push("laue_mode with spectrum_from_imageset=False: λ̄ per spot still follows the spectrum used".into());
+            notes.push(
+                "laue_mode with spectrum_from_imageset=False: λ̄ per spot still follows the spectrum used"
+                    .into(),
+            );
         }
         let sim = &pred.simulator;
         let predict = PredictConfig {
@@ -303,7 +324,10 @@ impl Settings {
             PhilThreshold::Dispersion => ThresholdAlgorithm::Dispersion,
             PhilThreshold::DispersionExtended => ThresholdAlgorithm::DispersionExtended,
             PhilThreshold::RadialProfile => {
-                return Err(Error::param("spotfinder.threshold.algorithm", "radial_profile is not implemented"))
+                return Err(Error::param(
+                    "spotfinder.threshold.algorithm",
+                    "radial_profile is not implemented",
+                ))
             }
         };
         let global_threshold = match d.global_threshold {
@@ -317,7 +341,10 @@ impl Settings {
         };
         let ks = d.kernel_size;
         if ks.iter().any(|&k| k < 1) {
-            return Err(Error::param("spotfinder.threshold.dispersion.kernel_size", format!("{ks:?} must be ≥ 1")));
+            return Err(Error::param(
+                "spotfinder.threshold.dispersion.kernel_size",
+                format!("{ks:?} must be ≥ 1"),
+            ));
         }
         let dispersion = DispersionParams {
             algorithm,
@@ -333,8 +360,13 @@ impl Settings {
             AutoOr::Value(v) => (v, false),
             AutoOr::Auto => (3, true),
         };
-        let max_sep = proc.sources.is_set("spotfinder.filter.max_separation").then_some(sf.filter.max_separation);
-        let label = LabelParams { min_spot_size: min_spot, max_spot_size: sf.filter.max_spot_size, max_separation: max_sep };
+        let max_sep =
+            proc.sources.is_set("spotfinder.filter.max_separation").then_some(sf.filter.max_separation);
+        let label = LabelParams {
+            min_spot_size: min_spot,
+            max_spot_size: sf.filter.max_spot_size,
+            max_separation: max_sep,
+        };
         label.validate()?;
         let mask = match &sf.lookup.mask {
             Some(path) => {
@@ -385,7 +417,11 @@ impl Settings {
             from_imageset: pred.spectrum_from_imageset,
             stride: ss.stride.max(1),
             lam_file: ss.filename.clone(),
-            gauss: pred.gen_gauss_spec.then_some((ss.gauss_spec.fwhm, ss.gauss_spec.nchannels, ss.gauss_spec.res)),
+            gauss: pred.gen_gauss_spec.then_some((
+                ss.gauss_spec.fwhm,
+                ss.gauss_spec.nchannels,
+                ss.gauss_spec.res,
+            )),
         };
         Ok(Settings { predict, strong, matching, weak_fraction: p.weak_fraction, spectrum, notes })
     }
@@ -455,12 +491,16 @@ fn arr3(v: Option<Vec<f64>>) -> Option<[f64; 3]> {
 
 /// The stage-1 model in row `i` of a `shot_params` batch.
 pub fn stage1_model_from_row(b: &RecordBatch, i: usize) -> Result<Stage1Model> {
-    let sid = int_at(b, "shot_id", i).ok_or_else(|| Error::msg(format!("shot_params row {i}: no shot_id")))?;
+    let sid =
+        int_at(b, "shot_id", i).ok_or_else(|| Error::msg(format!("shot_params row {i}: no shot_id")))?;
     let need = |c: &str| Error::param(format!("shot_params.{c} (shot {sid})"), "missing");
     let amats = list_at(b, "Amats", i).filter(|v| v.len() == 9).ok_or_else(|| need("Amats"))?;
     let exp_idx = int_at(b, "exp_idx", i).ok_or_else(|| need("exp_idx"))?;
     if exp_idx < 0 {
-        return Err(Error::param(format!("shot_params.exp_idx (shot {sid})"), format!("{exp_idx} is negative")));
+        return Err(Error::param(
+            format!("shot_params.exp_idx (shot {sid})"),
+            format!("{exp_idx} is negative"),
+        ));
     }
     let eta = arr3(list_at(b, "eta_abc", i)).unwrap_or([0.0; 3]);
     Ok(Stage1Model {
@@ -522,7 +562,11 @@ pub fn read_stage1(stage1: &Store) -> Result<(Vec<ShotInput>, Vec<String>)> {
     let ids: BTreeSet<i64> = by_id.keys().copied().collect();
     let mut spectra: HashMap<i64, Vec<(i32, f64, f64)>> = HashMap::new();
     if !ids.is_empty() {
-        for b in stage1.read_columns(Table::Spectra, &["shot_id", "channel", "wavelength", "weight"], Some(&ids))? {
+        for b in stage1.read_columns(
+            Table::Spectra,
+            &["shot_id", "channel", "wavelength", "weight"],
+            Some(&ids),
+        )? {
             let sid = b.column(0).as_primitive::<Int64Type>();
             let ch = b.column(1).as_primitive::<Int32Type>();
             let wl = b.column(2).as_primitive::<Float64Type>();
@@ -621,7 +665,8 @@ pub fn find_strong_spots(
 ) -> Result<ReflectionTable> {
     let mut label = cfg.label.clone();
     if cfg.min_spot_size_auto {
-        label.min_spot_size = if orig.panels.first().is_some_and(|p| p.panel_type == "SENSOR_PAD") { 3 } else { 6 };
+        label.min_spot_size =
+            if orig.panels.first().is_some_and(|p| p.panel_type == "SENSOR_PAD") { 3 } else { 6 };
         label.max_spot_size = label.max_spot_size.max(label.min_spot_size);
     }
     let mut spots = Vec::new();
@@ -948,7 +993,10 @@ pub fn run(opts: &IntegrateOptions, comm: &dyn Comm) -> Result<RunSummary> {
 /// [`run`] with the settings already built (tests adjust them).
 pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -> Result<RunSummary> {
     if opts.hop_input_name.is_empty() || opts.hop_input_name.contains(['/', '\\']) {
-        return Err(Error::param("--hopInputName", format!("`{}` must be a plain file name", opts.hop_input_name)));
+        return Err(Error::param(
+            "--hopInputName",
+            format!("`{}` must be a plain file name", opts.hop_input_name),
+        ));
     }
     let stage1 = Store::open(&opts.stage1_dir)?;
     std::fs::create_dir_all(&opts.outdir).map_err(|e| io_err(&opts.outdir, e))?;
@@ -972,7 +1020,10 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
     let (all, mut notes) = read_stage1(&stage1)?;
     notes.extend(settings.notes.iter().cloned());
     if all.is_empty() {
-        return Err(Error::file(stage1.root(), "no stage-1 results (shot_params rows with stage = 'stage1') to predict"));
+        return Err(Error::file(
+            stage1.root(),
+            "no stage-1 results (shot_params rows with stage = 'stage1') to predict",
+        ));
     }
     comm.barrier();
     let rank = comm.rank();
@@ -998,12 +1049,25 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
             let k = done.fetch_add(1, Ordering::Relaxed) + 1;
             if opts.verbose {
                 match &r {
-                    Ok(x) => log_as(rank_, size_, &format!(
-                        "shot {} ({}#{}): {} predictions ({} strong), {} strong spots, {:.2} s",
-                        inp.model.shot_id, inp.model.exp_name, inp.model.exp_idx, x.predictions.nrows(),
-                        x.stats.n_strong_pred, x.stats.n_strong_spots, x.stats.wall_time_s
-                    )),
-                    Err(f) => log_as(rank_, size_, &format!("shot {}: failed ({}): {}", inp.model.shot_id, f.reason, f.message)),
+                    Ok(x) => log_as(
+                        rank_,
+                        size_,
+                        &format!(
+                            "shot {} ({}#{}): {} predictions ({} strong), {} strong spots, {:.2} s",
+                            inp.model.shot_id,
+                            inp.model.exp_name,
+                            inp.model.exp_idx,
+                            x.predictions.nrows(),
+                            x.stats.n_strong_pred,
+                            x.stats.n_strong_spots,
+                            x.stats.wall_time_s
+                        ),
+                    ),
+                    Err(f) => log_as(
+                        rank_,
+                        size_,
+                        &format!("shot {}: failed ({}): {}", inp.model.shot_id, f.reason, f.message),
+                    ),
                 }
             } else if k % every == 0 || k == mine.len() {
                 log_as(rank_, size_, &format!("{k}/{} shots", mine.len()));
@@ -1093,7 +1157,12 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
     // Summary rows from every rank; rank 0 writes the NAME table and the run files.
     let bytes = serde_json::to_vec(&rows).map_err(|e| Error::msg(format!("summary rows: {e}")))?;
     let gathered = comm.allgather_bytes(&bytes);
-    let mut counts = [summary.n_shots as f64, summary.n_predicted as f64, summary.n_failed as f64, summary.n_predictions as f64];
+    let mut counts = [
+        summary.n_shots as f64,
+        summary.n_predicted as f64,
+        summary.n_failed as f64,
+        summary.n_predictions as f64,
+    ];
     comm.allreduce_sum(&mut counts);
     if comm.is_root() {
         let mut all_rows: Vec<SummaryRow> = Vec::new();
@@ -1116,8 +1185,15 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
             &out_root.join("integrate_settings.json"),
             serde_json::to_string_pretty(&settings_json).unwrap_or_default().as_bytes(),
         )?;
-        let cmd = if opts.command_line.is_empty() { "diffbragg integrate (library call)".to_string() } else { opts.command_line.clone() };
-        crate::store::atomic::write_bytes(&out_root.join("cmdline_execution.txt"), format!("{cmd}\n").as_bytes())?;
+        let cmd = if opts.command_line.is_empty() {
+            "diffbragg integrate (library call)".to_string()
+        } else {
+            opts.command_line.clone()
+        };
+        crate::store::atomic::write_bytes(
+            &out_root.join("cmdline_execution.txt"),
+            format!("{cmd}\n").as_bytes(),
+        )?;
         summary.rows = all_rows;
         summary.n_shots = counts[0] as usize;
         summary.n_predicted = counts[1] as usize;
@@ -1181,9 +1257,12 @@ pub fn write_summary_table(dir: &Path, name: &str, rows: &[SummaryRow]) -> Resul
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.stats.wall_time_s))),
     ];
     let schema = summary_schema();
-    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::msg(format!("summary table: {e}")))?;
+    let batch =
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::msg(format!("summary table: {e}")))?;
     let pq = dir.join(format!("{name}.parquet"));
-    crate::store::atomic::write_replace(&pq, |w| crate::store::parquet::write_any(schema.clone(), &[batch.clone()], w))?;
+    crate::store::atomic::write_replace(&pq, |w| {
+        crate::store::parquet::write_any(schema.clone(), std::slice::from_ref(&batch), w)
+    })?;
     let csv = dir.join(format!("{name}.csv"));
     crate::store::atomic::write_replace(&csv, |w| {
         let mut wr = arrow::csv::WriterBuilder::new().with_header(true).build(w);
@@ -1226,7 +1305,14 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(p, a(&["threshold=1e2", "qcut=0.003"]));
-        assert_eq!(q, a(&["spotfinder.lookup.mask=/x/m.npy", "global_threshold=5", "indexing.stills.method_list=fft1d"]));
+        assert_eq!(
+            q,
+            a(&[
+                "spotfinder.lookup.mask=/x/m.npy",
+                "global_threshold=5",
+                "indexing.stills.method_list=fft1d"
+            ])
+        );
         let e = route_cmdline(&a(&["no_such_thing=1"])).unwrap_err().to_string();
         assert!(e.contains("neither a diffBragg") && e.contains("no_such_thing"), "{e}");
     }

@@ -56,8 +56,8 @@ use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::geometry::Detector;
 use crate::kernel::{
-    mean_wavelength, simulate_image, sources_from_spectrum, CrystalModel, Eta,
-    FhklTable, MosaicSpec, Pixel, ShotModel,
+    mean_wavelength, simulate_image, sources_from_spectrum, CrystalModel, Eta, FhklTable, MosaicSpec, Pixel,
+    ShotModel,
 };
 use crate::reflections::{flags, ReflectionTable};
 use crate::report::deltapsi::{predict_ray, PxMm};
@@ -235,8 +235,13 @@ impl ShotGeometry {
         let xyz = t.get_vec3("xyzobs.px.value")?.to_vec();
         let var = t.get_vec3("xyzobs.px.variance")?.to_vec();
         let n = t.nrows();
-        let (mut mm, mut mmv, mut s1, mut rlp, mut d) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut mm, mut mmv, mut s1, mut rlp, mut d) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let s0 = self.s0();
         for i in 0..n {
             let pi = panels[i] as usize;
@@ -332,7 +337,8 @@ pub fn build_model(
     let real = real_from_reciprocal(&a).ok_or_else(|| Error::param("shot_params.Amats", "singular"))?;
     let cell = UnitCell::from_real_matrix(&real);
     let b_real = cell.b_real();
-    let u = real * b_real.try_inverse().ok_or_else(|| Error::param("shot_params.Amats", "degenerate cell"))?;
+    let u =
+        real * b_real.try_inverse().ok_or_else(|| Error::param("shot_params.Amats", "degenerate cell"))?;
     if real.determinant() <= 0.0 {
         return Err(Error::param(
             format!("shot_params.Amats (shot {})", s.shot_id),
@@ -361,7 +367,8 @@ pub fn build_model(
         flux / (beam_m * beam_m),
     );
     model.scale = s.spot_scale;
-    model.oversample = cfg.oversample_override.or(s.oversample.filter(|&o| o > 0)).unwrap_or(cfg.default_oversample);
+    model.oversample =
+        cfg.oversample_override.or(s.oversample.filter(|&o| o > 0)).unwrap_or(cfg.default_oversample);
     model.lambda_coef = lambda_coef;
     model.thickness_layers = cfg.thickness_layers.max(1);
     model.validate()?;
@@ -375,7 +382,8 @@ pub fn build_model(
                 Some(g) => g.clone(),
                 None => {
                     let hall = &exp.crystal()?.space_group_hall;
-                    SpaceGroup::from_hall(hall).map_err(|e| exp.error(format!("crystal space group `{hall}`: {e}")))?
+                    SpaceGroup::from_hall(hall)
+                        .map_err(|e| exp.error(format!("crystal space group `{hall}`: {e}")))?
                 }
             };
             flat_hkl_set(&cell, &sg, d_min, cfg.d_range[1])?
@@ -425,7 +433,10 @@ pub fn flat_hkl_set(cell: &UnitCell, sg: &SpaceGroup, d_min: f64, d_max: f64) ->
     if box_pts > crate::kernel::fhkl::MAX_GRID_POINTS as f64 {
         return Err(Error::param(
             "predictions.resolution_range",
-            format!("d_min {d_min:.3} Å with cell {:?} needs {box_pts:.2e} grid points (too many)", cell.to_array()),
+            format!(
+                "d_min {d_min:.3} Å with cell {:?} needs {box_pts:.2e} grid points (too many)",
+                cell.to_array()
+            ),
         ));
     }
     let mut out = Vec::new();
@@ -463,15 +474,24 @@ pub struct Predicted {
 pub fn predict(built: &BuiltModel, cfg: &PredictConfig) -> Result<Predicted> {
     let model = &built.model;
     let values = simulate_image(model, &built.fhkl)?;
-    let select =
-        if cfg.peak_detection { ModelMask::LocalMaxima(cfg.threshold) } else { ModelMask::AboveThreshold(cfg.threshold) };
+    let select = if cfg.peak_detection {
+        ModelMask::LocalMaxima(cfg.threshold)
+    } else {
+        ModelMask::AboveThreshold(cfg.threshold)
+    };
     let mut spots = Vec::new();
     let mut offset = 0;
     let mut offsets = Vec::with_capacity(model.detector.panels.len());
     for (pi, p) in model.detector.panels.iter().enumerate() {
         let npx = p.n_pixels();
         let img = &values[offset..offset + npx];
-        spots.extend(model_spots_panel(img, [p.image_size[1], p.image_size[0]], pi, select, &LabelParams::default())?);
+        spots.extend(model_spots_panel(
+            img,
+            [p.image_size[1], p.image_size[0]],
+            pi,
+            select,
+            &LabelParams::default(),
+        )?);
         offsets.push(offset);
         offset += npx;
     }
@@ -532,7 +552,11 @@ pub fn predict(built: &BuiltModel, cfg: &PredictConfig) -> Result<Predicted> {
         }
         let h = g.hkl_of(&q_idx);
         hkl.push(h);
-        let dp = if h == [0; 3] { f64::NAN } else { predict_ray(&g.a, &(g.unit_s0 / lam), h).map_or(f64::NAN, |r| r.delpsi) };
+        let dp = if h == [0; 3] {
+            f64::NAN
+        } else {
+            predict_ray(&g.a, &(g.unit_s0 / lam), h).map_or(f64::NAN, |r| r.delpsi)
+        };
         delpsi.push(dp);
     }
     t.insert("miller_index", hkl)?;

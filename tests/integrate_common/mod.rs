@@ -26,7 +26,8 @@ use diffbragg::image::{Image, PanelImage};
 use diffbragg::io::dials_expt::write_experiments;
 use diffbragg::io::hdf5::writer::{write_attr_geom_h5, WriterOptions};
 use diffbragg::kernel::{
-    pixels_from_rois, simulate_image, sources_from_spectrum, CrystalModel, FhklTable, PreparedShot, Roi, ShotModel,
+    pixels_from_rois, simulate_image, sources_from_spectrum, CrystalModel, FhklTable, PreparedShot, Roi,
+    ShotModel,
 };
 use diffbragg::spectrum::Spectrum;
 use diffbragg::store::schema::Table;
@@ -122,7 +123,11 @@ impl Shot {
 
     /// The true model with a given structure-factor table.
     pub fn model(&self) -> ShotModel {
-        let c = CrystalModel::new(self.u, UcellParams::from_cell(LatticeSystem::Tetragonal, &self.cell).unwrap(), self.ncells);
+        let c = CrystalModel::new(
+            self.u,
+            UcellParams::from_cell(LatticeSystem::Tetragonal, &self.cell).unwrap(),
+            self.ncells,
+        );
         let beam_m = BEAMSIZE_MM * 1e-3;
         let mut m = ShotModel::new(
             self.model_detector(),
@@ -201,7 +206,8 @@ fn spectrum(rng: &mut ChaCha8Rng, spec: &Spec) -> Spectrum {
 }
 
 fn random_rotation(rng: &mut ChaCha8Rng) -> Mat3 {
-    let axis = Vec3::new(rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
+    let axis =
+        Vec3::new(rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
     axis_angle(&axis, rng.random_range(0.0..std::f64::consts::PI))
 }
 
@@ -351,7 +357,8 @@ pub fn true_spots(shot: &Shot, threshold: f64) -> Vec<TrueSpot> {
     let det = &model.detector;
     let a = shot.a_matrix();
     let s0u = shot.beam.unit_s0();
-    let (lmin, lmax) = shot.spectrum.wavelengths.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &l| (a.min(l), b.max(l)));
+    let (lmin, lmax) =
+        shot.spectrum.wavelengths.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &l| (a.min(l), b.max(l)));
     let half = 12usize;
     let mut out = Vec::new();
     for h in hkl_list(&shot.cell, 2.0) {
@@ -368,7 +375,11 @@ pub fn true_spots(shot: &Shot, threshold: f64) -> Vec<TrueSpot> {
         let mut hit = None;
         for (pi, p) in det.panels.iter().enumerate() {
             if let Some((x, y)) = p.ray_intersection_px(&s1) {
-                if x > -(half as f64) && y > -(half as f64) && x < (p.image_size[0] + half) as f64 && y < (p.image_size[1] + half) as f64 {
+                if x > -(half as f64)
+                    && y > -(half as f64)
+                    && x < (p.image_size[0] + half) as f64
+                    && y < (p.image_size[1] + half) as f64
+                {
                     hit = Some((pi, x, y));
                 }
             }
@@ -400,14 +411,26 @@ pub fn true_spots(shot: &Shot, threshold: f64) -> Vec<TrueSpot> {
         let mut touches_box = false;
         while let Some(k) = stack.pop() {
             let (cx, cy) = (k % w, k / w);
-            if (cx == 0 && x0 > 0) || (cy == 0 && y0 > 0) || (cx + 1 == w && x1 < p.image_size[0]) || (cy + 1 == hgt && y1 < p.image_size[1]) {
+            if (cx == 0 && x0 > 0)
+                || (cy == 0 && y0 > 0)
+                || (cx + 1 == w && x1 < p.image_size[0])
+                || (cy + 1 == hgt && y1 < p.image_size[1])
+            {
                 touches_box = true;
             }
             let mut nb = vec![];
-            if cx > 0 { nb.push(k - 1) }
-            if cx + 1 < w { nb.push(k + 1) }
-            if cy > 0 { nb.push(k - w) }
-            if cy + 1 < hgt { nb.push(k + w) }
+            if cx > 0 {
+                nb.push(k - 1)
+            }
+            if cx + 1 < w {
+                nb.push(k + 1)
+            }
+            if cy > 0 {
+                nb.push(k - w)
+            }
+            if cy + 1 < hgt {
+                nb.push(k + w)
+            }
             for n in nb {
                 if !inr[n] && v[n] > threshold {
                     inr[n] = true;
