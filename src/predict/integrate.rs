@@ -1124,6 +1124,14 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
         }
     }
     summary.n_predicted = exps.len();
+    let n_other_spectrum = rows.iter().filter(|r| !r.spectrum.starts_with("spectra table")).count();
+    if n_other_spectrum > 0 {
+        summary.notes.push(format!(
+            "{n_other_spectrum} shot(s) had no stage-1 `spectra` rows and were modelled with another spectrum \
+             (see the `spectrum` column of {}.csv)",
+            opts.hop_input_name
+        ));
+    }
     summary.n_failed = summary.n_shots - summary.n_predicted;
 
     // DIALS files.

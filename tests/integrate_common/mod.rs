@@ -288,6 +288,11 @@ pub fn make_dataset(dir: &Path, spec: Spec) -> Dataset {
 
 /// The stage-1 store: true models as `shot_params`, and the spectra.
 pub fn write_stage1(stage1: &Path, shots: &[Shot]) {
+    write_stage1_opts(stage1, shots, true)
+}
+
+/// [`write_stage1`], optionally without the `spectra` rows.
+pub fn write_stage1_opts(stage1: &Path, shots: &[Shot], with_spectra: bool) {
     let mut store = Store::create(stage1, 0, true).unwrap();
     let mut b = BatchBuilder::new(Table::ShotParams);
     let mut sp = BatchBuilder::new(Table::Spectra);
@@ -325,8 +330,10 @@ pub fn write_stage1(stage1: &Path, shots: &[Shot]) {
             ("ga", c.gamma.into()),
         ])
         .unwrap();
-        for r in diffbragg::store::SpectrumRow::from_spectrum(s.shot_id, &s.spectrum).unwrap() {
-            sp.append_row(&r).unwrap();
+        if with_spectra {
+            for r in diffbragg::store::SpectrumRow::from_spectrum(s.shot_id, &s.spectrum).unwrap() {
+                sp.append_row(&r).unwrap();
+            }
         }
     }
     store.append_builder(&mut b).unwrap();
