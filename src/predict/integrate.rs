@@ -1324,4 +1324,73 @@ mod tests {
         let e = route_cmdline(&a(&["no_such_thing=1"])).unwrap_err().to_string();
         assert!(e.contains("neither a diffBragg") && e.contains("no_such_thing"), "{e}");
     }
+
+    #[test]
+    fn trusted_pixels_combine_every_source() {
+        use crate::conventions::{Mat3, Vec3};
+        use crate::geometry::Panel;
+        use crate::io::mask::PanelMask;
+        let (nf, ns) = (30usize, 20usize);
+        let panel = Panel {
+            origin: Vec3::new(-1.5, 1.0, -10.0),
+            fast: Vec3::x(),
+            slow: -Vec3::y(),
+            pixel_size: [0.1, 0.1],
+            image_size: [nf, ns],
+            trusted_range: [-1.0, 100.0],
+            mask: vec![[3, 4, 6, 5]],
+            ..Default::default()
+        };
+        let det = Detector { panels: vec![panel.clone()], hierarchy: None };
+        let geom = ShotGeometry {
+            detector: det.clone(),
+            pxmm: vec![crate::report::deltapsi::PxMm::Simple],
+            unit_s0: Vec3::new(0.0, 0.0, -1.0),
+            wavelength: 1.0,
+            a: Mat3::identity(),
+            real: Mat3::identity(),
+        };
+        let mut lookup = vec![true; nf * ns];
+        lookup[7 * nf + 20] = false;
+        let cfg = StrongConfig {
+            dispersion: DispersionParams::default(),
+            label: LabelParams::default(),
+            min_spot_size_auto: false,
+            mask: Some((
+                PathBuf::from("m.npy"),
+                Arc::new(TrustedMask { panels: vec![PanelMask { n_slow: ns, n_fast: nf, trusted: lookup }] }),
+            )),
+            d_min: Some(6.3),
+            d_max: Some(40.0),
+            border: 2,
+        };
+        let mut data: Vec<f64> = (0..nf * ns).map(|k| (k % 7) as f64).collect();
+        data[10 * nf + 10] = 150.0; // above the trusted range
+        data[11 * nf + 11] = -1.0; // at the lower bound: trusted (inclusive)
+        data[12 * nf + 12] = f64::NAN;
+        let t = trusted_pixels(&data, 0, &det, &geom, &cfg);
+        let mut n_res = 0;
+        for s in 0..ns {
+            for f in 0..nf {
+                let k = s * nf + f;
+                // Independent resolution: d = λ / (2 sin θ) at the pixel centre.
+                let p = panel.pixel_to_lab(f as f64 + 0.5, s as f64 + 0.5);
+                let two_theta = (p.z.abs() / p.norm()).acos();
+                let d = 1.0 / (2.0 * (two_theta / 2.0).sin());
+                let in_res = (6.3..=40.0).contains(&d);
+                n_res += usize::from(!in_res);
+                let want = data[k].is_finite()
+                    && (-1.0..=100.0).contains(&data[k])
+                    && !((3..6).contains(&f) && s == 4)
+                    && k != 7 * nf + 20
+                    && f >= 2
+                    && s >= 2
+                    && f + 2 < nf
+                    && s + 2 < ns
+                    && in_res;
+                assert_eq!(t[k], want, "pixel (fast {f}, slow {s})");
+            }
+        }
+        assert!(n_res > 20 && n_res < nf * ns - 20, "the resolution cut must bite: {n_res}");
+    }
 }
