@@ -522,12 +522,13 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
-/// The model-intensity-weighted mean wavelength of a true spot over its
-/// pixels, by brute force: one single-source, single-reflection model per
-/// channel, `Σ_p Σ_c w_c·λ_c·I_pc / Σ_p Σ_c w_c·I_pc`.
-pub fn true_spot_wavelength(shot: &Shot, spot: &TrueSpot) -> f64 {
+/// The model-intensity-weighted mean wavelength over a true spot's pixels,
+/// by brute force: one single-source model per channel with the whole flat-F
+/// table `flat` ([`flat_table`]; every reflection that reaches these pixels counts, as in the
+/// pixel values), `Σ_p Σ_c w_c·λ_c·I_pc / Σ_p Σ_c w_c·I_pc`.
+pub fn true_spot_wavelength(shot: &Shot, spot: &TrueSpot, flat: &FhklTable) -> f64 {
     let model = shot.model();
-    let t = FhklTable::new(&[spot.hkl], &[FLAT_F], 0.0, false).unwrap();
+    let t = flat;
     let px: Vec<diffbragg::kernel::Pixel> = spot
         .pixels
         .iter()
@@ -537,10 +538,16 @@ pub fn true_spot_wavelength(shot: &Shot, spot: &TrueSpot) -> f64 {
     for src in &model.sources {
         let mut one = model.clone();
         one.sources = vec![*src];
-        let v = PreparedShot::new(&one, &t, None, &[]).unwrap().forward(&px).unwrap();
+        let v = PreparedShot::new(&one, t, None, &[]).unwrap().forward(&px).unwrap();
         let i: f64 = v.iter().sum();
         num += src.weight * src.wavelength * i;
         den += src.weight * i;
     }
     num / den
+}
+
+/// The flat-F table of every non-absent index to 2 Å.
+pub fn flat_table(cell: &UnitCell) -> FhklTable {
+    let hkl = hkl_list(cell, 2.0);
+    FhklTable::new(&hkl, &vec![FLAT_F; hkl.len()], 0.0, false).unwrap()
 }
