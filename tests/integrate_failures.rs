@@ -109,6 +109,17 @@ fn a_failing_shot_is_left_out_without_shifting_the_others() {
     assert_eq!(b.column(1).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 1);
     assert!(b.column(0).is_valid(0));
 
+    // An empty stage-1 store or a missing folder: one clear error, nothing written.
+    let empty = tmp.path().join("empty_stage1");
+    Store::create(&empty, 0, true).unwrap();
+    let out_c = tmp.path().join("never");
+    let e = run(&IntegrateOptions::new(&pred, &proc, &empty, &out_c), &SingleProcess).unwrap_err();
+    assert!(e.to_string().contains("no stage-1 results"), "{e}");
+    let e = run(&IntegrateOptions::new(&pred, &proc, &tmp.path().join("nope"), &out_c), &SingleProcess)
+        .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    assert!(!out_c.exists());
+
     // A rerun into the same folder is refused (no duplicate rows).
     let e = run(&IntegrateOptions::new(&pred, &proc, &ds.stage1, &out_a), &SingleProcess).unwrap_err();
     assert!(e.to_string().contains("already holds predictions"), "{e}");

@@ -999,6 +999,14 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
         ));
     }
     let stage1 = Store::open(&opts.stage1_dir)?;
+    let (all, mut notes) = read_stage1(&stage1)?;
+    notes.extend(settings.notes.iter().cloned());
+    if all.is_empty() {
+        return Err(Error::file(
+            stage1.root(),
+            "no stage-1 results (shot_params rows with stage = 'stage1') to predict",
+        ));
+    }
     std::fs::create_dir_all(&opts.outdir).map_err(|e| io_err(&opts.outdir, e))?;
     let out_root = std::fs::canonicalize(&opts.outdir).map_err(|e| io_err(&opts.outdir, e))?;
     if out_root == stage1.root() {
@@ -1016,14 +1024,6 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
                 "already holds predictions from an earlier run: choose a new output folder (or delete this one)",
             ));
         }
-    }
-    let (all, mut notes) = read_stage1(&stage1)?;
-    notes.extend(settings.notes.iter().cloned());
-    if all.is_empty() {
-        return Err(Error::file(
-            stage1.root(),
-            "no stage-1 results (shot_params rows with stage = 'stage1') to predict",
-        ));
     }
     comm.barrier();
     let rank = comm.rank();
