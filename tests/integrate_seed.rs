@@ -128,3 +128,27 @@ fn masks_from_numpy_and_h5py_agree() {
     let e = read_mask(tmp.path().join("m.txt")).unwrap_err().to_string();
     assert!(e.contains("not a mask file"), "{e}");
 }
+
+#[test]
+fn the_mask_can_be_dropped_from_the_command_line() {
+    use diffbragg::predict::integrate::{load_configs, IntegrateOptions, Settings};
+    let mut o = IntegrateOptions::new(
+        &shared("seed/simulation.phil"),
+        &shared("seed/sim_processing.phil"),
+        Path::new("/nonexistent/stage1"),
+        Path::new("/nonexistent/out"),
+    );
+    o.cmdline_phil = vec!["threshold=1e2".into(), "spotfinder.lookup.mask=None".into()];
+    let (pred, proc, _) = load_configs(&o).unwrap();
+    assert_eq!(pred.predictions.threshold, 1e2);
+    assert!(proc.spotfinder.lookup.mask.is_none());
+    let s = Settings::from_configs(&pred, &proc).unwrap();
+    assert!(s.strong.mask.is_none());
+    assert_eq!(s.strong.dispersion.global_threshold, 10.0, "the last of the two global_threshold lines wins");
+    assert_eq!(s.strong.dispersion.kernel_size, [2, 2]);
+    assert_eq!((s.strong.d_min, s.strong.d_max), (Some(2.0), Some(30.0)));
+    assert_eq!(s.strong.label.min_spot_size, 2);
+    assert!(s.predict.laue && s.predict.zero_thickness);
+    assert_eq!(s.matching.qcut, 0.0025);
+    assert_eq!(s.weak_fraction, 0.7);
+}
