@@ -23,7 +23,9 @@ pub fn shared_dir() -> PathBuf {
     if fixed.join("reference").is_dir() {
         return fixed;
     }
-    panic!("shared data folder not found: set DIFFBRAGG_SHARED to the folder holding reference/ and fixtures/");
+    panic!(
+        "shared data folder not found: set DIFFBRAGG_SHARED to the folder holding reference/ and fixtures/"
+    );
 }
 
 /// A path inside the shared data folder.

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod import;
+pub mod integrate;
 pub mod simulate;
 pub mod sql;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Run one SQL query over a store's tables and views.
     Sql(sql::SqlArgs),
+    /// Predict spots from stage-1 models and label them against the data (diffBragg.integrate).
+    Integrate(integrate::IntegrateArgs),
     /// Benchmarks (`bench kernel`).
     Bench(bench::BenchArgs),
     /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
@@ -48,6 +51,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Bench(a) => bench::run(a),
+        Command::Integrate(a) => integrate::run_cli(a),
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
         Command::Simulate(a) => simulate::run(*a),
     }

@@ -4,6 +4,7 @@ pub mod dials_refl;
 pub mod hdf5;
 pub mod hkl_text;
 pub mod lam;
+pub mod mask;
 pub mod mtz;
 pub mod smv;
 pub mod spec_file;

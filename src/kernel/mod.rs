@@ -54,6 +54,10 @@
 //! [`mosaic`] the domain generator, [`pixels`] pixel lists and the ROI
 //! assembly (background plane). The reference images are loaded by
 //! [`crate::simulate::reference`].
+//! [`mosaic`] the domain generator, [`wavelength`] the per-pixel mean
+//! wavelength (laue mode), [`pixels`] pixel lists and the ROI
+//! assembly (background plane), [`refcase`] a temporary loader of the
+//! reference images.
 //!
 //! # Numerics and speed
 //! All maths in f64. The step loop runs over blocks of 8 steps with no
@@ -76,6 +80,7 @@ pub mod mosaic;
 pub mod pixels;
 pub mod prepared;
 pub mod shot;
+pub mod wavelength;
 
 pub use cpu::KernelOutput;
 pub use fhkl::FhklTable;
@@ -87,6 +92,7 @@ pub use shot::{
     sources_from_spectrum, CrystalModel, DetectorShifts, MosaicSpec, NcellsParam, Param, ShotModel, Source,
     SubpixelFactors,
 };
+pub use wavelength::mean_wavelength;
 
 /// Simulate every pixel of the detector (panel after panel, slow-major).
 pub fn simulate_image(model: &ShotModel, fhkl: &FhklTable) -> crate::error::Result<Vec<f64>> {
