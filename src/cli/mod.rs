@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod ens_hopper;
 pub mod import;
 pub mod sql;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
     Residuals(crate::report::cli::ResidualsArgs),
+    /// Stage 2: refine structure factors globally over all shots (ens.hopper).
+    EnsHopper(ens_hopper::EnsHopperArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(args),
         Command::Bench(a) => bench::run(a),
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
+        Command::EnsHopper(a) => ens_hopper::run(a),
     }
 }

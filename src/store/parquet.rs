@@ -110,6 +110,24 @@ pub fn read_shard(
     columns: Option<&[&str]>,
     shots: Option<&BTreeSet<i64>>,
 ) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    read_shard_each(table, path, columns, shots, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_shard`], handing each batch to `each` as it is decoded (one row
+/// group's worth at a time), so a caller that converts the rows can stream a
+/// large shard without holding it all as Arrow arrays.
+pub fn read_shard_each(
+    table: Table,
+    path: &Path,
+    columns: Option<&[&str]>,
+    shots: Option<&BTreeSet<i64>>,
+    mut each: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     let f = File::open(path).map_err(|e| crate::error::io_err(path, e))?;
     let bad = |m: String| Error::file(path, m);
     let builder =
@@ -153,7 +171,6 @@ pub fn read_shard(
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
     let reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
-    let mut out = Vec::new();
     for b in reader {
         let mut b = b.map_err(|e| bad(format!("reading: {e}")))?;
         if let Some(shots) = shots {
@@ -165,9 +182,9 @@ pub fn read_shard(
                 continue;
             }
         }
-        out.push(conform(&b, &out_schema).map_err(bad)?);
+        each(conform(&b, &out_schema).map_err(bad)?)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Bring a batch read from a file to `schema`: columns by name, cast where the
