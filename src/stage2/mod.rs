@@ -692,6 +692,21 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
             bpp_disk
         ),
     );
+    // [TRAP] T3.5: the noise model must match the pre-import's; the table's σ_r is used.
+    if let Some(r) = problem.shots.first().and_then(|s| s.pixels.rois.first()) {
+        let phil = cfg.refiner.sigma_r / cfg.refiner.adu_per_photon;
+        let table = (r.sigma_r2 as f64).sqrt();
+        if (phil - table).abs() > 0.01 * phil.abs().max(table) {
+            log(
+                comm,
+                opts,
+                &format!(
+                    "note: refiner.sigma_r/adu_per_photon = {phil} photons but the pixels table holds σ_r = {table}; \
+                     the table's value (the pre-import's) is used"
+                ),
+            );
+        }
+    }
     if cfg.use_restraints {
         log(comm, opts, "note: use_restraints has no effect in ens-hopper (per-shot restraints are never added, as in the reference)");
     }
@@ -747,6 +762,8 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
             eprintln!("warning: skipped checkpoint: {m}");
         }
         Some(r)
+    } else if comm.is_root() {
+        Some(Ok(vec![]))
     } else {
         None
     };
