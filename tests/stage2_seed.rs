@@ -56,6 +56,7 @@ fn users_stage_two_phil_runs_the_global_refinement() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{log}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}{log}", String::from_utf8_lossy(&out.stderr));
     assert!(log.contains("it=0 | t/it="), "{log}");
     assert!(log.contains("starting structure factors:") && log.contains("F-model,PHIF-model"), "{log}");
     for name in ["optimized_channel0.mtz", "optimized_channel0_iter10.mtz", "optimized_channel0_iter20.mtz"] {

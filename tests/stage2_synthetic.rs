@@ -8,14 +8,21 @@
 
 use std::path::Path;
 
+use arrow::array::AsArray;
+
 use diffbragg::config::EnsHopperConfig;
 use diffbragg::dist::SingleProcess;
 use diffbragg::stage2::report::{cc_by_resolution, cc_in_bins, cc_table, merge_amplitudes, mtz_amplitudes, roi_sum_merge, run_amplitudes, BinStat};
 use diffbragg::stage2::synth::{make, SynthOptions, SynthTruth};
-use diffbragg::stage2::{run, RunOptions, RunSummary};
+use diffbragg::stage2::report::{write_report, ReportOptions};
+use diffbragg::stage2::{run, Half, RunOptions, RunSummary};
 use diffbragg::store::Store;
 
 fn refine(dir: &Path, t: &SynthTruth, max_evals: usize) -> RunSummary {
+    refine_tagged(dir, t, max_evals, "stage2", None)
+}
+
+fn refine_tagged(dir: &Path, t: &SynthTruth, max_evals: usize, tag: &str, half: Option<Half>) -> RunSummary {
     let over = vec![
         "fix.Fhkl=False".to_string(),
         "fix.G=False".into(),
@@ -29,7 +36,14 @@ fn refine(dir: &Path, t: &SynthTruth, max_evals: usize) -> RunSummary {
         "ftol=1e-12".into(),
     ];
     let (cfg, _) = EnsHopperConfig::from_texts(&[], &over, dir).unwrap();
-    let opts = RunOptions { max_evals: Some(max_evals), save_freq: Some(50), quiet: true, ..RunOptions::new(&t.store, dir.join("out")) };
+    let opts = RunOptions {
+        max_evals: Some(max_evals),
+        save_freq: Some(50),
+        quiet: true,
+        tag: tag.into(),
+        half,
+        ..RunOptions::new(&t.store, dir.join("out"))
+    };
     run(&cfg, &opts, &SingleProcess).unwrap()
 }
 
@@ -72,10 +86,35 @@ fn refined_f_beats_the_merge_ci() {
     assert!(s.bytes_per_pixel_memory <= 12.0, "{}", s.bytes_per_pixel_memory);
     let (ccs, mcc) = curves(&t, 6);
     check(&ccs, &mcc);
-    // G is refined towards the truth (up to the overall scale shared with F).
+    // Per-shot rows and the views.
     let store = Store::open(&t.store).unwrap();
-    let q = store.query("SELECT shot_id, spot_scales, spot_scales_init FROM shot_params WHERE stage = 'stage2' ORDER BY shot_id").unwrap();
-    assert_eq!(q.num_rows(), t.shot_ids.len());
+    let count = |sql: &str| -> i64 {
+        let q = store.query(sql).unwrap();
+        q.batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0)
+    };
+    assert_eq!(count("SELECT count(*) FROM stage2_shot_scales WHERE tag = 'stage2'"), t.shot_ids.len() as i64);
+    assert_eq!(count("SELECT count(*) FROM stage2_fhkl_final WHERE tag = 'stage2'"), s.n_fhkl_params as i64);
+    assert_eq!(count("SELECT count(*) FROM stage2_convergence WHERE tag = 'stage2'"), s.n_eval as i64);
+
+    // CC½ from two half-set runs, and the report the lead wires into `diffbragg report`.
+    let even = refine_tagged(tmp.path(), &t, 300, "even", Some(Half::Even));
+    let odd = refine_tagged(tmp.path(), &t, 300, "odd", Some(Half::Odd));
+    assert_eq!(even.n_shots + odd.n_shots, t.shot_ids.len());
+    let ropts = ReportOptions {
+        reference: Some((t.mtz[0].clone(), "F(+),F(-)".into())),
+        half_tags: Some(("even".into(), "odd".into())),
+        n_bins: 6,
+        with_merge: true,
+    };
+    let rdir = tmp.path().join("report");
+    let text = write_report(&store, "stage2", &t.cell, &t.space_group, &ropts, &rdir).unwrap();
+    eprintln!("{text}");
+    assert!(text.contains("CC1/2 (even vs odd)") && text.contains("ROI-sum merge vs reference"), "{text}");
+    for f in ["stage2_convergence.png", "stage2_cc.png", "stage2_cc.txt"] {
+        assert!(std::fs::metadata(rdir.join(f)).unwrap().len() > 100, "{f}");
+    }
+    let half = diffbragg::stage2::report::cc_half(&store, "even", "odd", &t.cell, 6).unwrap();
+    assert!(half.last().unwrap().cc > 0.95, "overall CC1/2 {:?}", half.last());
 }
 
 #[test]
