@@ -88,7 +88,8 @@ fn shards_in_any_order_load_the_same_pixels() {
     for b in s.read(Table::Pixels, None).unwrap().into_iter().rev() {
         let idx: Vec<u32> = (0..b.num_rows() as u32).rev().collect();
         let idx = arrow::array::UInt32Array::from(idx);
-        let cols: Vec<arrow::array::ArrayRef> = b.columns().iter().map(|c| arrow::compute::take(c, &idx, None).unwrap()).collect();
+        let cols: Vec<arrow::array::ArrayRef> =
+            b.columns().iter().map(|c| arrow::compute::take(c, &idx, None).unwrap()).collect();
         let rb = arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap();
         s2.append(Table::Pixels, &[rb]).unwrap();
     }
@@ -125,7 +126,7 @@ fn mutated_shards_never_panic() {
             _ => {
                 for k in 0..(1 + i % 3) {
                     let p = (rng as usize).wrapping_add(k * 7919) % m.len();
-                    m[p] ^= 1 << (rng >> 60);
+                    m[p] ^= 1u8 << (rng >> 61);
                 }
             }
         }

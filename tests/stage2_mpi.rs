@@ -23,7 +23,13 @@ fn mpirun(np: usize, t: &SynthTruth, out: &Path, tag: &str) {
         .args(["--saveTag", tag, "--saveFreq", "10", "--maxEvals", "40", "--threads", "1", "--quiet"])
         .arg("--cmdlinePhil")
         .args(["fix.Fhkl=False", "fix.G=False", "types.G=positive", "sigmas.G=0.1", "space_group=P43212"])
-        .args(["fix.RotXYZ=True", "fix.Nabc=True", "fix.ucell=True", "ftol=1e-14", "Fhkl_channel_bounds=9500"])
+        .args([
+            "fix.RotXYZ=True",
+            "fix.Nabc=True",
+            "fix.ucell=True",
+            "ftol=1e-14",
+            "Fhkl_channel_bounds=9500",
+        ])
         .arg(format!("simulator.structure_factors.default_F={}", t.default_f))
         .output()
         .expect("mpirun (openmpi-bin) must be installed for the MPI test");
@@ -70,7 +76,13 @@ fn results(store: &Path, tag: &str) -> (BTreeMap<[i32; 4], f64>, BTreeMap<i32, f
 #[test]
 fn two_ranks_give_the_one_rank_result() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = SynthOptions { n_shots: 30, seed: 21, bandwidth: 0.01, channel_bounds: vec![9500.0], ..Default::default() };
+    let o = SynthOptions {
+        n_shots: 30,
+        seed: 21,
+        bandwidth: 0.01,
+        channel_bounds: vec![9500.0],
+        ..Default::default()
+    };
     let t = make(tmp.path(), &o).unwrap();
     let out = tmp.path().join("out");
     mpirun(1, &t, &out, "np1");
@@ -78,7 +90,11 @@ fn two_ranks_give_the_one_rank_result() {
     let (f1, tr1) = results(&t.store, "np1");
     let (f2, tr2) = results(&t.store, "np2");
     assert_eq!(tr1.len(), 40);
-    assert_eq!(tr1.keys().collect::<Vec<_>>(), tr2.keys().collect::<Vec<_>>(), "different numbers of evaluations");
+    assert_eq!(
+        tr1.keys().collect::<Vec<_>>(),
+        tr2.keys().collect::<Vec<_>>(),
+        "different numbers of evaluations"
+    );
     for (e, a) in &tr1 {
         let b = tr2[e];
         assert!((a - b).abs() <= 1e-8 * a.abs(), "evaluation {e}: f {a} vs {b}");
@@ -95,6 +111,7 @@ fn two_ranks_give_the_one_rank_result() {
     eprintln!("1 vs 2 ranks: worst relative F difference {worst:e} over {} structure factors", f1.len());
     // Each rank wrote its own shots' rows.
     let s = Store::open(&t.store).unwrap();
-    let ranks: std::collections::BTreeSet<u32> = s.shards(Table::ShotParams).unwrap().iter().map(|x| x.0).collect();
+    let ranks: std::collections::BTreeSet<u32> =
+        s.shards(Table::ShotParams).unwrap().iter().map(|x| x.0).collect();
     assert!(ranks.contains(&1), "rank 1 wrote no shot_params shard");
 }

@@ -53,7 +53,10 @@ fn results(store: &Path, tag: &str) -> (BTreeMap<(i32, i32, i32, i32), u64>, Vec
         for i in 0..b.num_rows() {
             if t.value(i) == tag && fin.value(i) {
                 let c = |k: usize| hkl.column(k).as_primitive::<Int32Type>().value(i);
-                assert!(f.insert((c(0), c(1), c(2), ch.value(i)), fv.value(i).to_bits()).is_none(), "duplicate final row");
+                assert!(
+                    f.insert((c(0), c(1), c(2), ch.value(i)), fv.value(i).to_bits()).is_none(),
+                    "duplicate final row"
+                );
                 n_final_rows += 1;
             }
         }
@@ -100,10 +103,14 @@ fn kill_and_restart_reaches_the_same_result() {
     let ck = out.join("checkpoints");
     let killed = loop {
         let past = std::fs::read_dir(&ck)
-            .map(|rd| rd.flatten().any(|e| {
-                let n = e.file_name().to_string_lossy().to_string();
-                n.starts_with("killed_eval") && n.ends_with(".ckpt") && n[11..19].parse::<u32>().is_ok_and(|v| v >= 16)
-            }))
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    n.starts_with("killed_eval")
+                        && n.ends_with(".ckpt")
+                        && n[11..19].parse::<u32>().is_ok_and(|v| v >= 16)
+                })
+            })
             .unwrap_or(false);
         if let Some(st) = child.try_wait().unwrap() {
             break Err(st);
@@ -124,7 +131,11 @@ fn kill_and_restart_reaches_the_same_result() {
     // Without --restart the tag is refused.
     let o2 = cmd(&t, &out, "killed", &[]).output().unwrap();
     assert!(!o2.status.success());
-    assert!(String::from_utf8_lossy(&o2.stderr).contains("--restart"), "{}", String::from_utf8_lossy(&o2.stderr));
+    assert!(
+        String::from_utf8_lossy(&o2.stderr).contains("--restart"),
+        "{}",
+        String::from_utf8_lossy(&o2.stderr)
+    );
 
     // Restart and finish.
     run_ok(cmd(&t, &out, "killed", &["--restart"]));

@@ -33,9 +33,15 @@ fn users_stage_two_phil_runs_the_global_refinement() {
     // The user's file, only its paths changed.
     let text = std::fs::read_to_string(shared("seed/stage_two_test.phil")).unwrap();
     let text = text
-        .replace("/pscratch/sd/c/cctbx/cxilz0820/common/diffbragg/CRY1Aae_refine_156.mtz", mtz.to_str().unwrap())
+        .replace(
+            "/pscratch/sd/c/cctbx/cxilz0820/common/diffbragg/CRY1Aae_refine_156.mtz",
+            mtz.to_str().unwrap(),
+        )
         .replace("/pscratch/sd/c/cctbx/cxilz0820/common/diffbragg/split_000.expt", t.expt.to_str().unwrap())
-        .replace("/pscratch/sd/c/cctbx/cxilz0820/common/diffbragg/hotborder_rect_lowres_ring1p9_mask5_psana.mask", mask.to_str().unwrap());
+        .replace(
+            "/pscratch/sd/c/cctbx/cxilz0820/common/diffbragg/hotborder_rect_lowres_ring1p9_mask5_psana.mask",
+            mask.to_str().unwrap(),
+        );
     assert!(!text.contains("/pscratch/sd/c/cctbx/cxilz0820/common/diffbragg/"), "a path was left unchanged");
     let phil = tmp.path().join("stage_two_test.phil");
     std::fs::write(&phil, text).unwrap();
@@ -50,8 +56,27 @@ fn users_stage_two_phil_runs_the_global_refinement() {
         .arg("ens-hopper")
         .arg(&t.store)
         .arg(&phil)
-        .args(["--outdir", "global", "--maxSigma", "3", "--saveFreq", "10", "--refl", "ens.hopper.imported", "--maxEvals", "25"])
-        .args(["--cmdlinePhil", "fix.Nabc=True", "fix.ucell=True", "fix.RotXYZ=True", "fix.Fhkl=False", "fix.G=False", "sigmas.G=1e-2"])
+        .args([
+            "--outdir",
+            "global",
+            "--maxSigma",
+            "3",
+            "--saveFreq",
+            "10",
+            "--refl",
+            "ens.hopper.imported",
+            "--maxEvals",
+            "25",
+        ])
+        .args([
+            "--cmdlinePhil",
+            "fix.Nabc=True",
+            "fix.ucell=True",
+            "fix.RotXYZ=True",
+            "fix.Fhkl=False",
+            "fix.G=False",
+            "sigmas.G=1e-2",
+        ])
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
@@ -73,6 +98,10 @@ fn users_stage_two_phil_runs_the_global_refinement() {
         q.batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0)
     };
     assert_eq!(count("SELECT count(*) FROM traces WHERE stage = 'stage2' AND shot_id IS NULL"), 25);
-    assert_eq!(count("SELECT count(DISTINCT iteration) FROM fhkl WHERE tag = 'stage2'"), 3, "checkpoints 10, 20, final");
+    assert_eq!(
+        count("SELECT count(DISTINCT iteration) FROM fhkl WHERE tag = 'stage2'"),
+        3,
+        "checkpoints 10, 20, final"
+    );
     assert_eq!(count("SELECT count(*) FROM shot_params WHERE stage = 'stage2'"), 24);
 }

@@ -12,9 +12,12 @@ use arrow::array::AsArray;
 
 use diffbragg::config::EnsHopperConfig;
 use diffbragg::dist::SingleProcess;
-use diffbragg::stage2::report::{cc_by_resolution, cc_in_bins, cc_table, merge_amplitudes, mtz_amplitudes, roi_sum_merge, run_amplitudes, BinStat};
-use diffbragg::stage2::synth::{make, SynthOptions, SynthTruth};
+use diffbragg::stage2::report::{
+    cc_by_resolution, cc_in_bins, cc_table, merge_amplitudes, mtz_amplitudes, roi_sum_merge, run_amplitudes,
+    BinStat,
+};
 use diffbragg::stage2::report::{write_report, ReportOptions};
+use diffbragg::stage2::synth::{make, SynthOptions, SynthTruth};
 use diffbragg::stage2::{run, Half, RunOptions, RunSummary};
 use diffbragg::store::Store;
 
@@ -64,9 +67,23 @@ fn check(ccs: &[BinStat], mcc: &[BinStat]) {
     for (o, m) in ccs.iter().zip(mcc).take(ccs.len() - 1) {
         if m.cc >= 0.9 {
             n_bins_merge_ok += 1;
-            assert!(o.cc >= 0.99, "bin {:.2}-{:.2} Å: merge CC {:.4} but stage 2 only {:.4}", o.d_max, o.d_min, m.cc, o.cc);
+            assert!(
+                o.cc >= 0.99,
+                "bin {:.2}-{:.2} Å: merge CC {:.4} but stage 2 only {:.4}",
+                o.d_max,
+                o.d_min,
+                m.cc,
+                o.cc
+            );
         }
-        assert!(o.cc > m.cc, "bin {:.2}-{:.2} Å: stage 2 {:.4} not above the merge {:.4}", o.d_max, o.d_min, o.cc, m.cc);
+        assert!(
+            o.cc > m.cc,
+            "bin {:.2}-{:.2} Å: stage 2 {:.4} not above the merge {:.4}",
+            o.d_max,
+            o.d_min,
+            o.cc,
+            m.cc
+        );
     }
     assert!(n_bins_merge_ok >= 1, "the merge should reach 0.9 somewhere, else the test proves little");
 }
@@ -92,7 +109,10 @@ fn refined_f_beats_the_merge_ci() {
         let q = store.query(sql).unwrap();
         q.batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0)
     };
-    assert_eq!(count("SELECT count(*) FROM stage2_shot_scales WHERE tag = 'stage2'"), t.shot_ids.len() as i64);
+    assert_eq!(
+        count("SELECT count(*) FROM stage2_shot_scales WHERE tag = 'stage2'"),
+        t.shot_ids.len() as i64
+    );
     assert_eq!(count("SELECT count(*) FROM stage2_fhkl_final WHERE tag = 'stage2'"), s.n_fhkl_params as i64);
     assert_eq!(count("SELECT count(*) FROM stage2_convergence WHERE tag = 'stage2'"), s.n_eval as i64);
 
