@@ -45,6 +45,7 @@ fn refine_tagged(dir: &Path, t: &SynthTruth, max_evals: usize, tag: &str, half: 
         quiet: true,
         tag: tag.into(),
         half,
+        save_all: tag == "even",
         ..RunOptions::new(&t.store, dir.join("out"))
     };
     run(&cfg, &opts, &SingleProcess).unwrap()
@@ -120,6 +121,11 @@ fn refined_f_beats_the_merge_ci() {
     let even = refine_tagged(tmp.path(), &t, 300, "even", Some(Half::Even));
     let odd = refine_tagged(tmp.path(), &t, 300, "odd", Some(Half::Odd));
     assert_eq!(even.n_shots + odd.n_shots, t.shot_ids.len());
+    // --saveAll: per-shot rows at each of the 6 checkpoints (every 50 of 300 evaluations).
+    assert_eq!(
+        count("SELECT count(*) FROM shot_params WHERE stage = 'even' AND iteration IS NOT NULL"),
+        6 * even.n_shots as i64
+    );
     let ropts = ReportOptions {
         reference: Some((t.mtz[0].clone(), "F(+),F(-)".into())),
         half_tags: Some(("even".into(), "odd".into())),

@@ -52,7 +52,7 @@ pub struct EnsHopperArgs {
     /// Run tag: the `stage` of this run's rows in the store.
     #[arg(long = "saveTag", default_value = "stage2")]
     pub save_tag: String,
-    /// Accepted for compatibility (per-shot rows are always written at the end).
+    /// Also write per-shot `shot_params` rows at every checkpoint (final rows are always written).
     #[arg(long = "saveAll")]
     pub save_all: bool,
     /// Fill the store's `pixels` table from the images instead of refining.

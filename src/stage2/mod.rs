@@ -99,7 +99,7 @@ pub struct RunOptions {
     pub restart: bool,
     /// Unit cell of the MTZs (default: mean of the shots' cells).
     pub cell: Option<[f64; 6]>,
-    /// Also write per-shot rows at checkpoints (iteration = N).
+    /// Also write per-shot `shot_params` rows at every checkpoint (iteration = N).
     pub save_all: bool,
     pub half: Option<Half>,
     /// Stop after this many evaluations.
@@ -648,7 +648,8 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
     comm.allreduce_max_u64(&mut npsmax);
     nps[0] = npsmax[0] as f64 - 1.0;
     let n_per_shot = nps[0].max(0.0) as usize;
-    let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1);
+    // Default: the node's threads shared among the node's ranks.
+    let threads = opts.threads.unwrap_or_else(|| rayon::current_num_threads() / comm.local_size().max(1)).max(1);
     let rcfg = restraints::FhklRestraints {
         beta_fhkl: cfg.betas.fhkl,
         beta_finit: cfg.betas.finit,
@@ -871,7 +872,7 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
                 // The very first evaluation precedes any optimiser state: no checkpoint there.
                 let r = (|| -> Result<()> {
                     let Some(state) = d.snapshot.clone() else { return Ok(()) };
-                    let h = problem.curvature(p.x, comm)?.h;
+                    let curv = problem.curvature(p.x, comm)?;
                     let ck = Checkpoint {
                         fingerprint: fp,
                         n_eval: n,
@@ -880,26 +881,48 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
                         journal: d.journal.clone(),
                         traces: std::mem::take(&mut d.pending),
                         x: p.x.to_vec(),
-                        h: h.clone(),
+                        h: curv.h.clone(),
                     };
+                    // Rank 0 writes; a failure there must stop every rank.
+                    let mut local = Ok(());
                     if comm.is_root() {
-                        checkpoint::save(&opts.outdir, &opts.tag, &ck)?;
-                        let s = problem.scales(p.x);
-                        flush_outputs(
-                            &mut store_cell.borrow_mut(),
-                            opts,
-                            &problem.layout,
-                            &s,
-                            &h,
-                            &ck.traces,
-                            n,
-                            false,
-                            &cell,
-                            &sg,
-                            mean_wavelength,
-                        )?;
+                        local = checkpoint::save(&opts.outdir, &opts.tag, &ck).and_then(|_| {
+                            let s = problem.scales(p.x);
+                            flush_outputs(
+                                &mut store_cell.borrow_mut(),
+                                opts,
+                                &problem.layout,
+                                &s,
+                                &curv.h,
+                                &ck.traces,
+                                n,
+                                false,
+                                &cell,
+                                &sg,
+                                mean_wavelength,
+                            )
+                            .map(|_| ())
+                        });
                     }
-                    comm.barrier();
+                    if local.is_ok() && opts.save_all {
+                        let wall = d.elapsed0 + d.started.elapsed().as_secs_f64();
+                        local = problem
+                            .shots
+                            .iter()
+                            .zip(&curv.shots)
+                            .map(|(s, c)| shot_row(&problem, s, p.x, c, "checkpoint", n as usize, wall))
+                            .collect::<Result<Vec<_>>>()
+                            .and_then(|rows| {
+                                output::write_shot_rows(&mut store_cell.borrow_mut(), &opts.tag, &rows, Some(n as i32))
+                            })
+                            .map(|_| ());
+                    }
+                    let mut flag = [f64::from(u8::from(local.is_err()))];
+                    comm.allreduce_sum(&mut flag);
+                    local?;
+                    if flag[0] > 0.0 {
+                        return Err(Error::msg("writing the checkpoint failed on another rank (see its message)"));
+                    }
                     Ok(())
                 })();
                 if let Err(e) = r {
@@ -969,7 +992,7 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
         .zip(&curv.shots)
         .map(|(s, c)| shot_row(&problem, s, &out.x, c, status, out.n_eval, wall))
         .collect::<Result<_>>()?;
-    output::write_shot_rows(&mut store, &opts.tag, &rows)?;
+    output::write_shot_rows(&mut store, &opts.tag, &rows, None)?;
     comm.barrier();
     let secs: f64 = d.eval_seconds.iter().sum();
     let spe = if d.eval_seconds.is_empty() { f64::NAN } else { secs / d.eval_seconds.len() as f64 };

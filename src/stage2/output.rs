@@ -241,8 +241,8 @@ pub fn write_traces(store: &mut Store, tag: &str, points: &[TracePoint]) -> Resu
     Ok(n)
 }
 
-/// Shots with a `shot_params` row of `tag` (final, iteration null).
-pub fn shots_written(store: &Store, tag: &str) -> Result<BTreeSet<i64>> {
+/// Shots with a `shot_params` row of `tag` at `iteration` (None: final).
+pub fn shots_written(store: &Store, tag: &str, iteration: Option<i32>) -> Result<BTreeSet<i64>> {
     let mut out = BTreeSet::new();
     for (_, _, p) in store.shards(Table::ShotParams)? {
         read_shard_each(Table::ShotParams, &p, Some(&["shot_id", "stage", "iteration"]), None, |b| {
@@ -250,7 +250,8 @@ pub fn shots_written(store: &Store, tag: &str) -> Result<BTreeSet<i64>> {
             let st = b.column(1).as_string::<i32>();
             let it = b.column(2).as_primitive::<Int32Type>();
             for i in 0..b.num_rows() {
-                if st.value(i) == tag && it.is_null(i) {
+                let at = if it.is_null(i) { None } else { Some(it.value(i)) };
+                if st.value(i) == tag && at == iteration {
                     out.insert(id.value(i));
                 }
             }
@@ -294,9 +295,10 @@ pub struct ShotRow {
     pub oversample: i32,
 }
 
-/// Append rows (stage = tag, iteration null) for shots that have none yet.
-pub fn write_shot_rows(store: &mut Store, tag: &str, rows: &[ShotRow]) -> Result<usize> {
-    let have = shots_written(store, tag)?;
+/// Append rows (stage = tag; iteration: None for the final result, Some(N)
+/// at checkpoint N with `--saveAll`) for shots that have none yet.
+pub fn write_shot_rows(store: &mut Store, tag: &str, rows: &[ShotRow], iteration: Option<i32>) -> Result<usize> {
+    let have = shots_written(store, tag, iteration)?;
     let mut b = BatchBuilder::new(Table::ShotParams);
     let mut n = 0;
     for r in rows.iter().filter(|r| !have.contains(&r.shot_id)) {
@@ -305,7 +307,7 @@ pub fn write_shot_rows(store: &mut Store, tag: &str, rows: &[ShotRow]) -> Result
         let cells: Vec<(&str, Value)> = vec![
             ("shot_id", r.shot_id.into()),
             ("stage", tag.into()),
-            ("iteration", Value::Null),
+            ("iteration", iteration.into()),
             ("exp_name", (&r.exp_name).into()),
             ("exp_idx", r.exp_idx.into()),
             ("refl_name", r.refl_name.clone().into()),
