@@ -43,7 +43,7 @@ fn bad_rows_are_named_errors() {
     };
     let good = row(3, [10, 13, 20, 22], 6);
     let tmp = tempfile::tempdir().unwrap();
-    assert_eq!(load_one(&tmp.path().join("ok"), &[good.clone()]).unwrap(), 6);
+    assert_eq!(load_one(&tmp.path().join("ok"), std::slice::from_ref(&good)).unwrap(), 6);
     let cases: Vec<(Vec<(&'static str, Value<'static>)>, &str)> = vec![
         (set(good.clone(), "data", vec![1.0f32; 5].into()), "`data` holds 5 values"),
         (set(good.clone(), "data", vec![1.0f32, f32::NAN, 1.0, 1.0, 1.0, 1.0].into()), "not finite"),

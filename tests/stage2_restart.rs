@@ -39,8 +39,11 @@ fn cmd(t: &SynthTruth, out: &Path, tag: &str, extra: &[&str]) -> Command {
     c
 }
 
+/// Final F bits per (h, k, l, channel), traces (eval, f bits), final row count.
+type Results = (BTreeMap<(i32, i32, i32, i32), u64>, Vec<(i32, u64)>, usize);
+
 /// (hkl, channel) → F bits of the final rows of `tag`, and the traces' (eval → f bits).
-fn results(store: &Path, tag: &str) -> (BTreeMap<(i32, i32, i32, i32), u64>, Vec<(i32, u64)>, usize) {
+fn results(store: &Path, tag: &str) -> Results {
     let s = Store::open(store).unwrap();
     let mut f = BTreeMap::new();
     let mut n_final_rows = 0;

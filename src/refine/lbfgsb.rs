@@ -436,7 +436,7 @@ impl Memory {
                 .chain(&st.yy)
                 .chain(&st.sy_dot)
                 .all(|v| v.is_finite());
-        if !all_finite || !(st.theta.is_finite() && st.theta > 0.0) {
+        if !(all_finite && st.theta.is_finite() && st.theta > 0.0) {
             return Err(bad("non-finite values".into()));
         }
         let mat = |v: &[f64]| DMatrix::from_fn(k, k, |i, j| v[i * k + j]);

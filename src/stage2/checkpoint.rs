@@ -292,7 +292,7 @@ pub fn list(outdir: &Path, tag: &str) -> Result<Vec<(u64, PathBuf)>> {
             v.push((num.parse::<u64>().expect("digits"), e.path()));
         }
     }
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(v)
 }
 

@@ -39,6 +39,9 @@
 //! `OUT/optimized_channel{c}[_iter{N}].mtz`, checkpoints in `OUT/checkpoints/`,
 //! and `OUT/<tag>_summary.json`.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod checkpoint;
 pub mod data;
 pub mod output;
@@ -485,7 +488,8 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
     let sg = space_group(cfg, first.values().next().map(|r| (r.exp_name.clone(), r.exp_idx)).as_ref())?;
 
     // --- Load this rank's shots; shots that fail are dropped everywhere. ---
-    let load = (|| -> Result<(Vec<shots::ShotInput>, BTreeMap<i64, data::ShotPixels>, Vec<FailureRow>)> {
+    type Loaded = (Vec<shots::ShotInput>, BTreeMap<i64, data::ShotPixels>, Vec<FailureRow>);
+    let load = (|| -> Result<Loaded> {
         let rows = shots::read_stage1_rows(&store, &opts.stage1_tag, Some(&mine))?;
         let spectra = shots::read_spectra(&store, &mine)?;
         let bounds = cfg.fhkl_channel_bounds.clone().unwrap_or_default();
@@ -643,13 +647,12 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
     }
     local_shots.sort_by_key(|s| s.index);
     // Every shot has the same block; an empty rank learns its size from the others.
-    let mut nps = vec![local_shots.first().map_or(0.0, |s| s.params.n_free() as f64 + 1.0)];
-    let mut npsmax = [nps[0] as u64];
+    let mut npsmax = [local_shots.first().map_or(0, |s| s.params.n_free() as u64 + 1)];
     comm.allreduce_max_u64(&mut npsmax);
-    nps[0] = npsmax[0] as f64 - 1.0;
-    let n_per_shot = nps[0].max(0.0) as usize;
+    let n_per_shot = npsmax[0].saturating_sub(1) as usize;
     // Default: the node's threads shared among the node's ranks.
-    let threads = opts.threads.unwrap_or_else(|| rayon::current_num_threads() / comm.local_size().max(1)).max(1);
+    let threads =
+        opts.threads.unwrap_or_else(|| rayon::current_num_threads() / comm.local_size().max(1)).max(1);
     let rcfg = restraints::FhklRestraints {
         beta_fhkl: cfg.betas.fhkl,
         beta_finit: cfg.betas.finit,
@@ -913,7 +916,12 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
                             .map(|(s, c)| shot_row(&problem, s, p.x, c, "checkpoint", n as usize, wall))
                             .collect::<Result<Vec<_>>>()
                             .and_then(|rows| {
-                                output::write_shot_rows(&mut store_cell.borrow_mut(), &opts.tag, &rows, Some(n as i32))
+                                output::write_shot_rows(
+                                    &mut store_cell.borrow_mut(),
+                                    &opts.tag,
+                                    &rows,
+                                    Some(n as i32),
+                                )
                             })
                             .map(|_| ());
                     }
@@ -921,7 +929,9 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
                     comm.allreduce_sum(&mut flag);
                     local?;
                     if flag[0] > 0.0 {
-                        return Err(Error::msg("writing the checkpoint failed on another rank (see its message)"));
+                        return Err(Error::msg(
+                            "writing the checkpoint failed on another rank (see its message)",
+                        ));
                     }
                     Ok(())
                 })();

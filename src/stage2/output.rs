@@ -297,7 +297,12 @@ pub struct ShotRow {
 
 /// Append rows (stage = tag; iteration: None for the final result, Some(N)
 /// at checkpoint N with `--saveAll`) for shots that have none yet.
-pub fn write_shot_rows(store: &mut Store, tag: &str, rows: &[ShotRow], iteration: Option<i32>) -> Result<usize> {
+pub fn write_shot_rows(
+    store: &mut Store,
+    tag: &str,
+    rows: &[ShotRow],
+    iteration: Option<i32>,
+) -> Result<usize> {
     let have = shots_written(store, tag, iteration)?;
     let mut b = BatchBuilder::new(Table::ShotParams);
     let mut n = 0;

@@ -17,6 +17,9 @@
 //!   of its resolution shell instead, so it can be refined at all; the count is
 //!   reported. The reference leaves it at 0 forever.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::EnsHopperConfig;

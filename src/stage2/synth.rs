@@ -20,6 +20,9 @@
 //!   perturbed by `g_init_error` (relative σ): stage 2 refines G.
 //! * Every random draw comes from one ChaCha8 stream seeded by `seed`.
 
+// `!(x > 0.0)` is deliberate: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -115,6 +115,10 @@ fn sparse_of(v: Vec<f64>) -> Vec<(u32, f64)> {
     v.into_iter().enumerate().filter(|(_, x)| *x != 0.0).map(|(i, x)| (i as u32, x)).collect()
 }
 
+/// A prepared shot, its pixel list, raw values, ∂raw/∂θ rows and parameter values.
+type ShotModelParts<'t> =
+    (PreparedShot<'t>, Vec<crate::kernel::Pixel>, Vec<f64>, Vec<Vec<f64>>, super::params::ShotValues);
+
 /// The per-shot work arrays of one evaluation.
 struct Pixels {
     data: Vec<f64>,
@@ -244,13 +248,7 @@ impl Problem {
         x: &[f64],
         scales: &FhklScales,
         derivs: bool,
-    ) -> Result<(
-        PreparedShot<'t>,
-        Vec<crate::kernel::Pixel>,
-        Vec<f64>,
-        Vec<Vec<f64>>,
-        super::params::ShotValues,
-    )> {
+    ) -> Result<ShotModelParts<'t>> {
         let vals = shot.params.values(self.shot_block(x, shot.index));
         let model = shot.input.model(vals.rot, vals.nabc, &vals.ucell)?;
         let kp = if derivs { shot.params.kernel_params() } else { vec![] };
