@@ -19,7 +19,7 @@ fn cmd(t: &SynthTruth, out: &Path, tag: &str, extra: &[&str]) -> Command {
         .arg(&t.store)
         .arg("--outdir")
         .arg(out)
-        .args(["--saveTag", tag, "--saveFreq", "8", "--maxEvals", "70", "--threads", "2"])
+        .args(["--saveTag", tag, "--saveFreq", "8", "--maxEvals", "100", "--threads", "2"])
         .args(extra)
         .arg("--cmdlinePhil")
         .args([
@@ -98,7 +98,7 @@ fn kill_and_restart_reaches_the_same_result() {
     run_ok(cmd(&t, &out, "full", &[]));
     let (f_full, tr_full, n_full) = results(&t.store, "full");
     assert!(n_full > 100);
-    assert_eq!(tr_full.len(), 70, "one trace row per evaluation");
+    assert_eq!(tr_full.len(), 100, "one trace row per evaluation");
 
     // The same run, killed with SIGKILL once a checkpoint past 16 evaluations exists.
     let mut child = cmd(&t, &out, "killed", &[]).spawn().unwrap();
@@ -129,7 +129,7 @@ fn kill_and_restart_reaches_the_same_result() {
     assert!(killed.is_ok(), "the run finished before it could be killed: {killed:?}");
     let (f_part, tr_part, _) = results(&t.store, "killed");
     assert!(f_part.is_empty(), "no final rows yet");
-    assert!(tr_part.len() < 70);
+    assert!(tr_part.len() < 100);
 
     // Without --restart the tag is refused.
     let o2 = cmd(&t, &out, "killed", &[]).output().unwrap();
