@@ -27,8 +27,9 @@ pub mod reflections;
 pub mod report;
 pub mod simulate;
 pub mod spectrum;
+pub mod stage2;
 pub mod store;
 pub mod symmetry;
+pub mod ucell;
 #[doc(hidden)]
 pub mod testutil;
-pub mod ucell;

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod ens_hopper;
 pub mod import;
 pub mod integrate;
 pub mod simulate;
@@ -38,6 +39,8 @@ pub enum Command {
     Residuals(crate::report::cli::ResidualsArgs),
     /// Render one shot with the forward model into an HDF5 image and a matching .expt.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Stage 2: refine structure factors globally over all shots (ens.hopper).
+    EnsHopper(ens_hopper::EnsHopperArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -54,5 +57,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Integrate(a) => integrate::run_cli(a),
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
         Command::Simulate(a) => simulate::run(*a),
+        Command::EnsHopper(a) => ens_hopper::run(a),
     }
 }

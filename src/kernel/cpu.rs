@@ -26,6 +26,8 @@ use rayon::prelude::*;
 const FWD: u8 = 0;
 const GRAD: u8 = 1;
 const FHKL: u8 = 2;
+/// Per-pixel ∂value/∂s collected in `SubAcc::pix` (for the Fhkl curvature).
+const CURV: u8 = 3;
 
 /// Pixels per parallel task.
 const CHUNK: usize = 32;
@@ -50,6 +52,8 @@ struct SubAcc {
     na: [f64; 6],
     /// Per-step −2C·J·s·(N·V) (x, y, z), reduced into `h`.
     cw: [Vec<f64>; 3],
+    /// CURV mode: this pixel's ∂value/∂s per scale index `a + c·n_asu` (few entries).
+    pix: Vec<(u32, f64)>,
 }
 
 impl SubAcc {
@@ -61,6 +65,7 @@ impl SubAcc {
             l1: 0.0,
             na: [0.0; 6],
             cw: std::array::from_fn(|_| vec![0.0; n_pad]),
+            pix: Vec::new(),
         }
     }
     fn reset<const MODE: u8>(&mut self) {
@@ -130,6 +135,88 @@ impl<'a> PreparedShot<'a> {
         let mut vals = vec![0.0; pixels.len()];
         self.dispatch::<FHKL>(pixels, &mut vals, &mut [], weights, &mut grad);
         Ok(grad)
+    }
+
+    /// `Σ_p weights[p]·(∂values[p]/∂θ_k)²` for every output slot k, where θ_k
+    /// is the sum of the scales mapped to it: `key[a + c·n_asu] = k` (or
+    /// `u32::MAX` to leave that scale out) ties several (ASU, channel) scales
+    /// to one parameter, whose per-pixel derivative is the sum of theirs.
+    /// The derivative of each pixel is summed over all its sub-steps before it
+    /// is squared: with Fisher weights this is the diagonal of the
+    /// Gauss–Newton curvature of a pixel target (stage-2 σ of the scales).
+    /// Needs the shot to be prepared with scales.
+    pub fn fhkl_scale_curvature(
+        &self,
+        pixels: &[Pixel],
+        weights: &[f64],
+        key: &[u32],
+        n_out: usize,
+    ) -> Result<Vec<f64>> {
+        self.check_pixels(pixels)?;
+        if self.scale_ext.is_none() {
+            return Err(Error::param(
+                "fhkl_scales",
+                "the Fhkl-scale curvature needs a shot prepared with scales",
+            ));
+        }
+        if weights.len() != pixels.len() {
+            return Err(Error::param(
+                "weights",
+                format!("{} weights for {} pixels", weights.len(), pixels.len()),
+            ));
+        }
+        if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(Error::param(format!("weights[{i}]"), "not finite"));
+        }
+        if key.len() != self.n_asu * self.n_chan {
+            return Err(Error::param(
+                "key",
+                format!("{} entries for {} ASU ids × {} channels", key.len(), self.n_asu, self.n_chan),
+            ));
+        }
+        if let Some(i) = key.iter().position(|&k| k != u32::MAX && k as usize >= n_out) {
+            return Err(Error::param(format!("key[{i}]"), format!("slot {} ≥ {n_out}", key[i])));
+        }
+        let new_scratch = || Scratch { acc: SubAcc::new(self.n_dom, self.n_pad), ds: vec![], d: vec![] };
+        let per_pixel = |sc: &mut Scratch, px: &Pixel| {
+            if self.n_diag_only {
+                self.pixel::<CURV, true, true>(px, sc, 1.0, &mut [])
+            } else {
+                self.pixel::<CURV, true, false>(px, sc, 1.0, &mut [])
+            }
+        };
+        let total = pixels
+            .par_chunks(CHUNK * 8)
+            .zip(weights.par_chunks(CHUNK * 8))
+            .fold(
+                || vec![0.0; n_out],
+                |mut acc, (pxs, ws)| {
+                    let mut sc = new_scratch();
+                    let mut tied: Vec<(u32, f64)> = Vec::new();
+                    for (px, &w) in pxs.iter().zip(ws) {
+                        per_pixel(&mut sc, px);
+                        tied.clear();
+                        for &(k, d) in &sc.acc.pix {
+                            let slot = key[k as usize];
+                            if slot != u32::MAX {
+                                pix_add(&mut tied, slot, d);
+                            }
+                        }
+                        for &(slot, d) in &tied {
+                            acc[slot as usize] += w * d * d;
+                        }
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0.0; n_out],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        Ok(total)
     }
 
     fn check_pixels(&self, pixels: &[Pixel]) -> Result<()> {
@@ -311,6 +398,9 @@ impl<'a> PreparedShot<'a> {
         let np = self.params.len();
         if MODE == GRAD {
             sc.ds.iter_mut().for_each(|x| *x = 0.0);
+        }
+        if MODE == CURV {
+            sc.acc.pix.clear();
         }
         let fw_pix = wp * self.pref * pol;
         let mut ssum = 0.0;
@@ -536,7 +626,7 @@ impl<'a> PreparedShot<'a> {
                 }
                 continue;
             }
-            if MODE == FHKL {
+            if MODE == FHKL || MODE == CURV {
                 // Scatter-add into the per-(ASU, channel) gradient: one lane at a time.
                 for l in 0..LANES {
                     let i = b + l;
@@ -546,7 +636,11 @@ impl<'a> PreparedShot<'a> {
                     let ch = self.chan[i] as usize;
                     isum[l] += base * sce[(a + ch * (n_asu + 1)).min(sce_last)];
                     if a < n_asu {
-                        fout[a + ch * n_asu] += fw * base;
+                        if MODE == FHKL {
+                            fout[a + ch * n_asu] += fw * base;
+                        } else {
+                            pix_add(&mut acc.pix, (a + ch * n_asu) as u32, fw * base);
+                        }
                     }
                 }
                 continue;
@@ -678,8 +772,20 @@ impl<'a> PreparedShot<'a> {
             if MODE == FHKL && a < self.n_asu {
                 fout[a + self.chan[i] as usize * self.n_asu] += fw * base;
             }
+            if MODE == CURV && a < self.n_asu {
+                pix_add(&mut acc.pix, (a + self.chan[i] as usize * self.n_asu) as u32, fw * base);
+            }
         }
         acc.i = isum;
+    }
+}
+
+/// Add `v` to the entry for `k` (few entries: a linear search).
+#[inline]
+fn pix_add(v: &mut Vec<(u32, f64)>, k: u32, d: f64) {
+    match v.iter_mut().find(|e| e.0 == k) {
+        Some(e) => e.1 += d,
+        None => v.push((k, d)),
     }
 }
 

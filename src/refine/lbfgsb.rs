@@ -46,6 +46,16 @@
 //! evaluation, as scipy's `ScalarFunction` does, so `n_eval` counts closure calls
 //! and matches scipy's `nfev`.
 //!
+//! # Resuming (checkpoints)
+//! [`minimize_resumable`] reports the optimiser's complete [`State`] at the top
+//! of every iteration (after the memory update of the previous one) and can
+//! start from such a state instead of x0. Everything the later iterations
+//! depend on is in it (x, f, g, counters, the (s, y) memory and its inner
+//! products, θ; the Cholesky factor is recomputed bit-identically, the Cauchy
+//! status of each coordinate is recomputed from x and g), so a resumed run
+//! makes exactly the same evaluations as the uninterrupted one. Stage 2
+//! checkpoints this state plus the evaluations made since it.
+//!
 //! # Line-search failure at the noise floor
 //! With tolerances tighter than the rounding noise of f (hopper's gtol = 1e-12
 //! is), a run can end with [`Status::LineSearchFailed`]: no trial point is
@@ -382,6 +392,69 @@ impl Memory {
 
     fn col(&self) -> usize {
         self.s.len()
+    }
+
+    fn to_state(&self) -> MemoryState {
+        let flat = |m: &DMatrix<f64>| -> Vec<f64> {
+            let k = m.nrows();
+            (0..k * k).map(|i| m[(i / k, i % k)]).collect()
+        };
+        MemoryState {
+            s: self.s.iter().cloned().collect(),
+            y: self.y.iter().cloned().collect(),
+            sy: flat(&self.sy),
+            ss: flat(&self.ss),
+            yy: flat(&self.yy),
+            sy_dot: self.sy_dot.iter().copied().collect(),
+            theta: self.theta,
+        }
+    }
+
+    /// Rebuild from a saved state (the Cholesky factor is recomputed, which
+    /// gives the same bits as when it was first formed).
+    fn from_state(m: usize, n: usize, st: &MemoryState) -> Result<Memory> {
+        let k = st.s.len();
+        let bad = |msg: String| Error::param("resume.memory", msg);
+        if k > m {
+            return Err(bad(format!("{k} stored pairs but the history length is {m}")));
+        }
+        if st.y.len() != k
+            || st.sy_dot.len() != k
+            || [&st.sy, &st.ss, &st.yy].iter().any(|v| v.len() != k * k)
+        {
+            return Err(bad("inconsistent sizes".into()));
+        }
+        if st.s.iter().chain(&st.y).any(|v| v.len() != n) {
+            return Err(bad(format!("stored vectors are not of length {n}")));
+        }
+        let all_finite =
+            st.s.iter()
+                .chain(&st.y)
+                .flatten()
+                .chain(&st.sy)
+                .chain(&st.ss)
+                .chain(&st.yy)
+                .chain(&st.sy_dot)
+                .all(|v| v.is_finite());
+        if !(all_finite && st.theta.is_finite() && st.theta > 0.0) {
+            return Err(bad("non-finite values".into()));
+        }
+        let mat = |v: &[f64]| DMatrix::from_fn(k, k, |i, j| v[i * k + j]);
+        let mut mem = Memory {
+            m,
+            s: st.s.iter().cloned().collect(),
+            y: st.y.iter().cloned().collect(),
+            sy: mat(&st.sy),
+            sy_dot: st.sy_dot.iter().copied().collect(),
+            ss: mat(&st.ss),
+            yy: mat(&st.yy),
+            theta: st.theta,
+            jt: DMatrix::zeros(0, 0),
+        };
+        if k > 0 && !mem.form_t() {
+            return Err(bad("the stored memory is not positive definite".into()));
+        }
+        Ok(mem)
     }
 
     fn reset(&mut self) {
@@ -1210,6 +1283,58 @@ where
     }
 }
 
+/// The L-BFGS memory of a [`State`]: the stored pairs (oldest first) and
+/// their inner products (`col×col`, row-major), exactly as the optimiser holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryState {
+    pub s: Vec<Vec<f64>>,
+    pub y: Vec<Vec<f64>>,
+    pub sy: Vec<f64>,
+    pub ss: Vec<f64>,
+    pub yy: Vec<f64>,
+    pub sy_dot: Vec<f64>,
+    pub theta: f64,
+}
+
+/// The optimiser between two iterations (see the module docs, "Resuming").
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    pub x: Vec<f64>,
+    pub f: f64,
+    pub g: Vec<f64>,
+    pub n_iter: usize,
+    pub n_eval: usize,
+    /// ∞-norm of the projected gradient as last computed.
+    pub proj_grad_norm: f64,
+    pub memory: MemoryState,
+}
+
+/// A borrowed view of the state, handed to the `on_state` callback of
+/// [`minimize_resumable`]; [`StateView::to_state`] copies it.
+pub struct StateView<'a> {
+    pub x: &'a [f64],
+    pub f: f64,
+    pub g: &'a [f64],
+    pub n_iter: usize,
+    pub n_eval: usize,
+    pub proj_grad_norm: f64,
+    mem: &'a Memory,
+}
+
+impl StateView<'_> {
+    pub fn to_state(&self) -> State {
+        State {
+            x: self.x.to_vec(),
+            f: self.f,
+            g: self.g.to_vec(),
+            n_iter: self.n_iter,
+            n_eval: self.n_eval,
+            proj_grad_norm: self.proj_grad_norm,
+            memory: self.mem.to_state(),
+        }
+    }
+}
+
 /// Minimise `f` from `x0` within `bounds` (None: unbounded everywhere).
 ///
 /// `fg(x, g)` returns f(x) and writes ∇f(x) into `g`. `observer` is called after
@@ -1218,15 +1343,37 @@ where
 /// options) give `Err`; everything that happens during the run gives `Ok` with
 /// a [`Status`].
 pub fn minimize<F, O>(
-    mut fg: F,
+    fg: F,
     x0: &[f64],
     bounds: Option<&[Bound]>,
     opts: &Options,
-    mut observer: O,
+    observer: O,
 ) -> Result<Outcome>
 where
     F: FnMut(&[f64], &mut [f64]) -> Result<f64>,
     O: FnMut(&Progress) -> Control,
+{
+    minimize_resumable(fg, x0, bounds, opts, None, observer, |_: &StateView| {})
+}
+
+/// [`minimize`], reporting the [`State`] at the top of every iteration to
+/// `on_state`, and starting from `resume` instead of evaluating at `x0` when
+/// given (then `x0` only fixes the dimension). A resumed run continues exactly
+/// as the original would have: same evaluation points, same result.
+#[allow(clippy::too_many_arguments)]
+pub fn minimize_resumable<F, O, S>(
+    mut fg: F,
+    x0: &[f64],
+    bounds: Option<&[Bound]>,
+    opts: &Options,
+    resume: Option<&State>,
+    mut observer: O,
+    mut on_state: S,
+) -> Result<Outcome>
+where
+    F: FnMut(&[f64], &mut [f64]) -> Result<f64>,
+    O: FnMut(&Progress) -> Control,
+    S: FnMut(&StateView),
 {
     opts.validate()?;
     let n = x0.len();
@@ -1237,16 +1384,56 @@ where
         return Err(Error::param(format!("x0[{i}]"), format!("not finite: {}", x0[i])));
     }
     let bx = Box_::new(n, bounds)?;
-    let mut wh = bx.initial_where();
+    let wh = bx.initial_where();
     // scipy's tolerance is factr·ε with factr = ftol/ε.
     let tol = (opts.ftol / EPS) * EPS;
+
+    let finish =
+        |x: Vec<f64>, f: f64, g: Vec<f64>, n_iter: usize, n_eval: usize, status: Status, message: String| {
+            let proj_grad_norm = bx.proj_grad_norm(&x, &g);
+            Ok(Outcome { x, f, g, n_iter, n_eval, status, message, proj_grad_norm })
+        };
+    if let Some(st) = resume {
+        let bad = |m: String| Error::param("resume", m);
+        if st.x.len() != n || st.g.len() != n {
+            return Err(bad(format!("state of dimension {} for {n} coordinates", st.x.len())));
+        }
+        if !(st.f.is_finite() && st.x.iter().chain(&st.g).all(|v| v.is_finite())) {
+            return Err(bad("non-finite x, f or g".into()));
+        }
+        let mut xp = st.x.clone();
+        bx.project(&mut xp);
+        if xp != st.x {
+            return Err(bad("x lies outside the bounds".into()));
+        }
+        let mem = Memory::from_state(opts.m, n, &st.memory)?;
+        return run_iterations(
+            &mut fg,
+            &bx,
+            opts,
+            wh,
+            tol,
+            Iterate {
+                x: st.x.clone(),
+                f: st.f,
+                g: st.g.clone(),
+                n_iter: st.n_iter,
+                n_eval: st.n_eval,
+                sbgnrm: st.proj_grad_norm,
+            },
+            mem,
+            &mut observer,
+            &mut on_state,
+            &finish,
+        );
+    }
 
     let mut x = x0.to_vec();
     bx.project(&mut x);
     let mut g = vec![0.0; n];
-    let mut n_eval = 1usize;
-    let mut n_iter = 0usize;
-    let mut f = match evaluate(&mut fg, &x, &mut g) {
+    let n_eval = 1usize;
+    let n_iter = 0usize;
+    let f = match evaluate(&mut fg, &x, &mut g) {
         Ok(f) => f,
         Err(msg) => {
             return Ok(Outcome {
@@ -1261,32 +1448,73 @@ where
             })
         }
     };
-    let finish =
-        |x: Vec<f64>, f: f64, g: Vec<f64>, n_iter: usize, n_eval: usize, status: Status, message: String| {
-            let proj_grad_norm = bx.proj_grad_norm(&x, &g);
-            Ok(Outcome { x, f, g, n_iter, n_eval, status, message, proj_grad_norm })
-        };
     let prog = Progress { event: Event::Evaluation, n_eval, n_iter, x: &x, f, g: &g };
     if observer(&prog) == Control::Stop {
         return finish(x, f, g, n_iter, n_eval, Status::ObserverStop, "stopped by observer".into());
     }
-    let mut sbgnrm = bx.proj_grad_norm(&x, &g);
+    let sbgnrm = bx.proj_grad_norm(&x, &g);
     if sbgnrm <= opts.gtol {
         let msg = format!("projected gradient norm {sbgnrm:e} <= gtol");
         return finish(x, f, g, n_iter, n_eval, Status::GradientConverged, msg);
     }
+    run_iterations(
+        &mut fg,
+        &bx,
+        opts,
+        wh,
+        tol,
+        Iterate { x, f, g, n_iter, n_eval, sbgnrm },
+        Memory::new(opts.m),
+        &mut observer,
+        &mut on_state,
+        &finish,
+    )
+}
 
+/// The loop variables carried from one iteration to the next (besides the memory).
+struct Iterate {
+    x: Vec<f64>,
+    f: f64,
+    g: Vec<f64>,
+    n_iter: usize,
+    n_eval: usize,
+    sbgnrm: f64,
+}
+
+type Finish<'a> = dyn Fn(Vec<f64>, f64, Vec<f64>, usize, usize, Status, String) -> Result<Outcome> + 'a;
+
+/// The iterations of [`minimize_resumable`], from a started state.
+#[allow(clippy::too_many_arguments)]
+fn run_iterations<F, O, S>(
+    fg: &mut F,
+    bx: &Box_,
+    opts: &Options,
+    mut wh: Vec<Where>,
+    tol: f64,
+    start: Iterate,
+    mut mem: Memory,
+    observer: &mut O,
+    on_state: &mut S,
+    finish: &Finish,
+) -> Result<Outcome>
+where
+    F: FnMut(&[f64], &mut [f64]) -> Result<f64>,
+    O: FnMut(&Progress) -> Control,
+    S: FnMut(&StateView),
+{
+    let Iterate { mut x, mut f, mut g, mut n_iter, mut n_eval, mut sbgnrm } = start;
+    let n = x.len();
     let mut x_evaluated = x.clone();
-    let mut mem = Memory::new(opts.m);
     let mut free: Vec<usize> = (0..n).collect();
     let mut active: Vec<usize> = Vec::new();
     loop {
+        on_state(&StateView { x: &x, f, g: &g, n_iter, n_eval, proj_grad_norm: sbgnrm, mem: &mem });
         // --- Search direction: Cauchy point, then subspace minimisation. ---
         let col = mem.col();
         let (mut z, c) = if !bx.constrained && col > 0 {
             (x.clone(), Vec::new())
         } else {
-            match cauchy(&x, &g, &bx, &mut wh, &mem, sbgnrm) {
+            match cauchy(&x, &g, bx, &mut wh, &mem, sbgnrm) {
                 Some(v) => {
                     free.clear();
                     active.clear();
@@ -1324,7 +1552,7 @@ where
             };
             let du = r.and_then(|r| subspace_newton(&mem, &free, &active, &r));
             match du {
-                Some(mut du) => project_newton(&mut z, &mut du, &free, &bx, &x, &g),
+                Some(mut du) => project_newton(&mut z, &mut du, &free, bx, &x, &g),
                 None => {
                     mem.reset();
                     continue;
@@ -1394,7 +1622,7 @@ where
                 // ScalarFunction we reuse the last evaluation (f, g still hold it).
                 if x != x_evaluated {
                     n_eval += 1;
-                    match evaluate(&mut fg, &x, &mut g) {
+                    match evaluate(fg, &x, &mut g) {
                         Ok(v) => f = v,
                         Err(msg) => {
                             return finish(
@@ -1673,5 +1901,61 @@ mod tests {
                 want[i]
             );
         }
+    }
+
+    /// Resuming from any saved state reproduces the uninterrupted run bit for
+    /// bit: the same evaluation points afterwards and the same outcome.
+    #[test]
+    fn resume_from_any_state_is_exact() {
+        let b = [Bound::new(-2.0, 0.8), Bound::FREE, Bound::lower(0.5), Bound::upper(1.5)];
+        let x0 = [-1.0, 0.3, 0.9, 1.2];
+        let opts = Options { ftol: 0.0, gtol: 1e-9, maxiter: 60, m: 4, ..Options::default() };
+        let mut points: Vec<Vec<f64>> = Vec::new();
+        let mut states: Vec<State> = Vec::new();
+        let full = minimize_resumable(
+            |x: &[f64], g: &mut [f64]| {
+                points.push(x.to_vec());
+                rosen(x, g)
+            },
+            &x0,
+            Some(&b),
+            &opts,
+            None,
+            no_obs,
+            |s: &StateView| states.push(s.to_state()),
+        )
+        .unwrap();
+        assert!(states.len() > 10, "{}", states.len());
+        for st in states.iter().step_by(3) {
+            let mut later: Vec<Vec<f64>> = Vec::new();
+            let out = minimize_resumable(
+                |x: &[f64], g: &mut [f64]| {
+                    later.push(x.to_vec());
+                    rosen(x, g)
+                },
+                &x0,
+                Some(&b),
+                &opts,
+                Some(st),
+                no_obs,
+                |_: &StateView| {},
+            )
+            .unwrap();
+            assert_eq!(later[..], points[st.n_eval..], "evaluations after n_eval = {}", st.n_eval);
+            assert_eq!(out.x, full.x);
+            assert_eq!(out.f.to_bits(), full.f.to_bits());
+            assert_eq!((out.n_eval, out.n_iter, out.status), (full.n_eval, full.n_iter, full.status));
+        }
+        // A state that does not fit the problem is refused.
+        let mut bad = states[5].clone();
+        bad.x.pop();
+        assert!(
+            minimize_resumable(rosen, &x0, Some(&b), &opts, Some(&bad), no_obs, |_: &StateView| {}).is_err()
+        );
+        let mut bad = states[5].clone();
+        bad.memory.theta = f64::NAN;
+        assert!(
+            minimize_resumable(rosen, &x0, Some(&b), &opts, Some(&bad), no_obs, |_: &StateView| {}).is_err()
+        );
     }
 }

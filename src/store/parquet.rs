@@ -110,10 +110,41 @@ pub fn read_shard(
     columns: Option<&[&str]>,
     shots: Option<&BTreeSet<i64>>,
 ) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    read_shard_each(table, path, columns, shots, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_shard`], handing each batch to `each` as it is decoded (one row
+/// group's worth at a time), so a caller that converts the rows can stream a
+/// large shard without holding it all as Arrow arrays.
+pub fn read_shard_each(
+    table: Table,
+    path: &Path,
+    columns: Option<&[&str]>,
+    shots: Option<&BTreeSet<i64>>,
+    mut each: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     let f = File::open(path).map_err(|e| crate::error::io_err(path, e))?;
     let bad = |m: String| Error::file(path, m);
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+    // The Parquet/Arrow decoders can panic on corrupt bytes (e.g. a damaged
+    // embedded Arrow schema): turn that into an error naming the file.
+    let guarded = |what: &str, e: Box<dyn std::any::Any + Send>| {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        bad(format!("corrupt Parquet data ({what}): {msg}"))
+    };
+    let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ParquetRecordBatchReaderBuilder::try_new(f)
+    }))
+    .map_err(|e| guarded("metadata", e))?
+    .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
     let (name, version) = identity(builder.metadata().file_metadata().key_value_metadata(), path)?;
     if let Some(n) = &name {
         if n != table.name() {
@@ -152,22 +183,33 @@ pub fn read_shard(
         roots.insert(i);
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-    let reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
-    let mut out = Vec::new();
-    for b in reader {
-        let mut b = b.map_err(|e| bad(format!("reading: {e}")))?;
-        if let Some(shots) = shots {
-            let ids = b.column_by_name("shot_id").expect("projected").as_primitive::<Int64Type>();
-            let keep: BooleanArray =
-                ids.iter().map(|x| Some(x.is_some_and(|x| shots.contains(&x)))).collect();
-            b = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| bad(e.to_string()))?;
-            if b.num_rows() == 0 {
-                continue;
+    let mut reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
+    loop {
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Some(b) = reader.next() else { return Ok(None) };
+            let mut b = b.map_err(|e| bad(format!("reading: {e}")))?;
+            if let Some(shots) = shots {
+                let ids = b
+                    .column_by_name("shot_id")
+                    .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                    .ok_or_else(|| bad("shot_id is not an int64 column".into()))?;
+                let keep: BooleanArray =
+                    ids.iter().map(|x| Some(x.is_some_and(|x| shots.contains(&x)))).collect();
+                b = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| bad(e.to_string()))?;
+                if b.num_rows() == 0 {
+                    return Ok(Some(None));
+                }
             }
+            conform(&b, &out_schema).map_err(bad).map(|b| Some(Some(b)))
+        }))
+        .map_err(|e| guarded("data", e))??;
+        match next {
+            None => break,
+            Some(None) => continue,
+            Some(Some(b)) => each(b)?,
         }
-        out.push(conform(&b, &out_schema).map_err(bad)?);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Bring a batch read from a file to `schema`: columns by name, cast where the
