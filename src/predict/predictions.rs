@@ -23,6 +23,8 @@
 //!   mean for strong spots.)
 //! * Miller index: `ceil(Rᵀ·rlp − ½)` with R = A⁻ᵀ of `Amats`
 //!   ([`crate::conventions::round_miller3`]).
+//! * The kernel runs on the caller's [`Backend`] ([`crate::gpu::ops`]); each
+//!   `predictions` row records its name (`backend`).
 //!
 //! # Structure factors \[decided\]
 //! Prediction is geometric: every index of the set gets one amplitude.
