@@ -33,6 +33,12 @@
 //!   the spectrum used, and `out` with extension `.expt`: the experiment with
 //!   its imageset pointing at the HDF5 file by file name (a path relative to
 //!   the `.expt`). Each is written atomically.
+//! * Device: the image is rendered on the backend `device` chooses
+//!   ([`crate::gpu::select_for`]; default `auto`, logged). The nanoBragg
+//!   sub-pixel convention exists on the CPU kernel only: `auto` then takes the
+//!   CPU and `cuda` is an error before any work. The backend that ran is in the
+//!   report and in the HDF5 file's root attributes `diffbragg_backend`
+//!   (`cpu`/`cuda`) and `diffbragg_device` (its one-line description).
 
 // `!(x > 0.0)` is deliberate: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -49,6 +55,7 @@ use rand_distr::{Distribution, Normal, Poisson};
 use crate::conventions::Mat3;
 use crate::error::{io_err, Error, Result};
 use crate::experiment::{Experiment, ExperimentList, ImageSetRef};
+use crate::gpu::{ops, select_for, Backend, CpuBackend, DeviceChoice};
 use crate::image::{Image, PanelImage};
 use crate::io::hdf5::writer::{write_attr_geom_h5, WriterOptions};
 use crate::kernel::mosaic::parse_umats;
@@ -181,6 +188,8 @@ pub struct SimulateConfig {
     pub out: PathBuf,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Kernel backend (`--device`).
+    pub device: DeviceChoice,
 }
 
 impl SimulateConfig {
@@ -209,6 +218,7 @@ impl SimulateConfig {
             adu_per_photon: 1.0,
             out: out.into(),
             progress: false,
+            device: DeviceChoice::default(),
         }
     }
 
@@ -260,20 +270,26 @@ pub struct SimulateReport {
     pub expansion: ExpansionStats,
     pub space_group: String,
     pub fluence: f64,
+    /// [`Backend::name`] and [`Backend::describe`] of the backend that rendered.
+    pub backend: String,
+    pub device: String,
 }
 
 /// Read every input, render, add noise and write both outputs.
 pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateReport> {
     check_output(cfg)?;
     let inputs = load_inputs(cfg)?;
+    let cpu_only = (inputs.model.subpixel_factors == SubpixelFactors::FirstSubpixel)
+        .then_some("--subpixel-factors nanobragg (the nanoBragg sub-pixel convention)");
+    let backend = select_for(cfg.device, &crate::dist::SingleProcess, cpu_only)?;
     let t = std::time::Instant::now();
-    let photons = render(&inputs, cfg.progress)?;
+    let photons = render_on(&*backend, &inputs, cfg.progress)?;
     let seconds = t.elapsed().as_secs_f64();
     let (sum_photons, max_photons) = photons.iter().fold((0.0, 0.0f64), |(s, m), &v| (s + v, m.max(v)));
     let image = add_noise(&photons, &inputs.pixels, &cfg.noise, cfg.adu_per_photon)?;
     let det = &inputs.model.detector;
     let full = scatter_to_image(det, &inputs.pixels, &image)?;
-    let (h5, expt) = write_outputs(&cfg.out, &inputs.experiment, &full, &inputs.spectrum)?;
+    let (h5, expt) = write_outputs(&cfg.out, &inputs.experiment, &full, &inputs.spectrum, &*backend)?;
     Ok(SimulateReport {
         h5,
         expt,
@@ -284,6 +300,8 @@ pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateReport> {
         expansion: inputs.expansion,
         space_group: inputs.space_group.hm(),
         fluence: inputs.model.fluence,
+        backend: backend.name().to_string(),
+        device: backend.describe(),
     })
 }
 
@@ -650,9 +668,15 @@ fn refl_rows_of_experiment(
     Ok(ids.iter().enumerate().filter(|(_, &v)| v as i64 == want).map(|(i, _)| i).collect())
 }
 
-/// Noise-free values of `inputs.pixels` (photons), with a progress bar for
-/// big images when `progress` and stderr is a terminal.
+/// Noise-free values of `inputs.pixels` (photons) on the CPU kernel
+/// ([`render_on`] with [`CpuBackend`]).
 pub fn render(inputs: &ShotInputs, progress: bool) -> Result<Vec<f64>> {
+    render_on(&CpuBackend, inputs, progress)
+}
+
+/// Noise-free values of `inputs.pixels` (photons) on `backend`, with a
+/// progress bar for big images when `progress` and stderr is a terminal.
+pub fn render_on(backend: &dyn Backend, inputs: &ShotInputs, progress: bool) -> Result<Vec<f64>> {
     let shot = PreparedShot::new(&inputs.model, &inputs.fhkl, None, &[])?;
     let px = &inputs.pixels;
     let steps = px.len() as f64 * shot.steps_per_pixel(0) as f64;
@@ -667,11 +691,11 @@ pub fn render(inputs: &ShotInputs, progress: bool) -> Result<Vec<f64>> {
         b
     });
     let Some(bar) = bar else {
-        return shot.forward(px);
+        return ops::forward_prepared(backend, &shot, px.clone());
     };
     let mut out = Vec::with_capacity(px.len());
     for chunk in px.chunks(px.len().div_ceil(100).max(4096)) {
-        out.extend(shot.forward(chunk)?);
+        out.extend(ops::forward_prepared(backend, &shot, chunk.to_vec())?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -730,13 +754,15 @@ pub fn scatter_to_image(det: &crate::geometry::Detector, pixels: &[Pixel], value
     Ok(Image::new(panels))
 }
 
-/// Write `image` to `h5` (diffBragg's layout, with `spectrum`) and the
-/// experiment, pointing at it, to `h5` with extension `.expt`. Returns both paths.
+/// Write `image` to `h5` (diffBragg's layout, with `spectrum`, and the
+/// `backend` that rendered it as root attributes) and the experiment, pointing
+/// at it, to `h5` with extension `.expt`. Returns both paths.
 pub fn write_outputs(
     h5: &Path,
     e: &Experiment,
     image: &Image,
     spectrum: &Spectrum,
+    backend: &dyn Backend,
 ) -> Result<(PathBuf, PathBuf)> {
     let expt_path = h5.with_extension("expt");
     let name = h5
@@ -762,16 +788,42 @@ pub fn write_outputs(
             .ok_or_else(|| Error::msg(format!("internal: no {k} in the written experiment")))
     };
     let (det_dict, beam_dict) = (first("detector")?, first("beam")?);
-    write_attr_geom_h5(
-        h5,
+    // The writer renames its finished file onto the path it is given: give it a
+    // staging name, add the backend attributes there, then rename onto `h5`,
+    // so `h5` appears complete (attributes included) or not at all.
+    let staging = h5.with_file_name(format!("{}.staging-{}", name.to_string_lossy(), std::process::id()));
+    let staged = write_attr_geom_h5(
+        &staging,
         &det_dict,
         &beam_dict,
         std::slice::from_ref(image),
         Some(std::slice::from_ref(spectrum)),
         WriterOptions::default(),
-    )?;
+    )
+    .and_then(|()| write_backend_attrs(&staging, backend))
+    .and_then(|()| std::fs::rename(&staging, h5).map_err(|err| io_err(h5, err)));
+    if let Err(err) = staged {
+        let _ = std::fs::remove_file(&staging);
+        return Err(err);
+    }
     list.write(&expt_path)?;
     Ok((h5.to_path_buf(), expt_path))
+}
+
+/// Root attributes `diffbragg_backend` ([`Backend::name`]) and
+/// `diffbragg_device` ([`Backend::describe`]) of an HDF5 file.
+fn write_backend_attrs(path: &Path, backend: &dyn Backend) -> Result<()> {
+    use ::hdf5::types::VarLenUnicode;
+    let err = |e: ::hdf5::Error| Error::file(path, format!("writing the backend attributes: {e}"));
+    let f = ::hdf5::File::open_rw(path).map_err(err)?;
+    for (k, v) in
+        [("diffbragg_backend", backend.name().to_string()), ("diffbragg_device", backend.describe())]
+    {
+        let v: VarLenUnicode =
+            v.parse().map_err(|_| Error::msg(format!("{k}: `{v}` is not an HDF5 string")))?;
+        f.new_attr::<VarLenUnicode>().shape(()).create(k).map_err(err)?.write_scalar(&v).map_err(err)?;
+    }
+    f.close().map_err(err)
 }
 
 /// The O matrix the kernel uses for a space group (identity for primitive lattices).

@@ -8,7 +8,7 @@
 
 use diffbragg::cli::bench::{find_rois, standard_case};
 use diffbragg::dist::SingleProcess;
-use diffbragg::gpu::{cuda, select, Backend, CpuBackend, DeviceChoice, Mode, PixelBatch};
+use diffbragg::gpu::{cuda, select, select_for, Backend, CpuBackend, DeviceChoice, Mode, PixelBatch};
 use diffbragg::kernel::{pixels_from_rois, FhklScales, FhklTable, Param, Pixel, PreparedShot, ShotModel};
 
 fn gpu_present() -> bool {
@@ -46,6 +46,24 @@ fn cuda_fails_hard_without_a_gpu_and_auto_falls_back() {
     let b = select(DeviceChoice::Auto, &SingleProcess).unwrap();
     assert_eq!(b.name(), "cpu");
     assert_eq!(select(DeviceChoice::Cpu, &SingleProcess).unwrap().name(), "cpu");
+}
+
+#[test]
+fn cpu_only_work_takes_the_cpu_or_fails_with_cuda() {
+    // With or without a GPU: the reason decides, CUDA is not probed.
+    let why = "the nanoBragg sub-pixel convention";
+    for c in [DeviceChoice::Cpu, DeviceChoice::Auto] {
+        assert_eq!(select_for(c, &SingleProcess, Some(why)).unwrap().name(), "cpu");
+    }
+    let e =
+        select_for(DeviceChoice::Cuda, &SingleProcess, Some(why)).err().expect("cuda must fail").to_string();
+    assert!(e.contains("--device cuda") && e.contains(why) && e.contains("--device cpu"), "{e}");
+    // Without a reason it is `select`.
+    assert_eq!(select_for(DeviceChoice::Cpu, &SingleProcess, None).unwrap().name(), "cpu");
+    assert_eq!(
+        select_for(DeviceChoice::Auto, &SingleProcess, None).unwrap().name(),
+        if gpu_present() { "cuda" } else { "cpu" }
+    );
 }
 
 #[test]
@@ -115,6 +133,17 @@ fn check_backend(backend: &dyn Backend) {
     assert!(e.to_string().contains("weights"), "{e}");
     let e = backend.evaluate(&[&a], &batch, Mode::Forward, None).unwrap_err();
     assert!(e.to_string().contains("pixel lists"), "{e}");
+    // Shots without pixels (laue mode's λ̄ pass of a shot without spots): empty
+    // rows, one per parameter, and a zero gradient of the full length.
+    let empty = PixelBatch::new(vec![vec![], vec![]]);
+    let out = backend.evaluate(&[&s1, &s2], &empty, Mode::Derivs, None).unwrap();
+    assert_eq!(out.values, vec![Vec::<f64>::new(); 2]);
+    assert_eq!(out.derivs[0], s1.forward_with_derivs(&[]).unwrap().derivs);
+    assert_eq!(out.derivs[1], vec![Vec::<f64>::new(); 4]);
+    assert_eq!(backend.forward(&f, &[]).unwrap(), Vec::<f64>::new());
+    let g = backend.evaluate(&[&a, &b], &empty, Mode::FhklGrad, Some(&[])).unwrap();
+    assert_eq!(g.fhkl_grad, a.fhkl_scale_gradient(&[], &[]).unwrap());
+    assert!(!g.fhkl_grad.is_empty());
 }
 
 #[test]

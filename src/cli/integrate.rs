@@ -7,11 +7,16 @@
 //! `--cmdlinePhil` takes one or more values, so put it last. Under MPI
 //! (`--features mpi`, `srun`/`mpirun`) every rank takes a contiguous block of
 //! shots; rank 0 writes the summary table and the catalog.
+//!
+//! `--device cpu|cuda|auto` (default `auto`, see [`crate::gpu::DeviceChoice`])
+//! chooses the kernel backend; `--numdev` is accepted for the reference's
+//! command lines and ignored (the visible devices decide).
 
 use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::gpu::DeviceArgs;
 use crate::predict::integrate::{run, IntegrateOptions};
 
 #[derive(Args, Debug)]
@@ -24,9 +29,12 @@ pub struct IntegrateArgs {
     pub stage1_dir: PathBuf,
     /// Output folder (created; must not already hold predictions).
     pub outdir: PathBuf,
-    /// GPUs per node (the device of a rank is local_rank % numdev; the CPU kernel runs today).
+    /// The reference's GPUs per node: accepted and ignored (rank r uses GPU
+    /// (node-local r) mod (visible GPUs); restrict them with CUDA_VISIBLE_DEVICES).
     #[arg(long, default_value_t = 1)]
     pub numdev: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Basename of the per-shot summary table written as NAME.parquet and NAME.csv.
     #[arg(long = "hopInputName", default_value = "preds_for_hopper")]
     pub hop_input_name: String,
@@ -79,6 +87,7 @@ pub fn run_cli(args: IntegrateArgs) -> anyhow::Result<()> {
         stage1_dir: args.stage1_dir,
         outdir: args.outdir.clone(),
         numdev: args.numdev,
+        device: args.device.device,
         hop_input_name: args.hop_input_name.clone(),
         cmdline_phil: args.cmdline_phil,
         keep_shoeboxes: args.keep_shoeboxes,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::gpu::DeviceArgs;
 use crate::kernel::{Eta, LatticeShape, SubpixelFactors};
 use crate::simulate::{
     simulate, Fluence, Mosaic, Noise, RoiSpec, SimulateConfig, SpectrumSource, StructureFactors,
@@ -145,6 +146,8 @@ pub struct SimulateArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Turn the flags into a [`SimulateConfig`] (every cross-flag rule checked here).
@@ -220,6 +223,7 @@ pub fn config_from_args(a: &SimulateArgs) -> anyhow::Result<SimulateConfig> {
     };
     c.adu_per_photon = a.adu_per_photon;
     c.progress = !a.no_progress;
+    c.device = a.device.device;
     Ok(c)
 }
 
@@ -245,8 +249,8 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         r.space_group
     );
     println!(
-        "rendered {} pixels in {:.2} s: {:.6e} photons in total, brightest pixel {:.6e} (fluence {:.4e} photons/m²)",
-        r.n_pixels, r.seconds, r.sum_photons, r.max_photons, r.fluence
+        "rendered {} pixels in {:.2} s on {}: {:.6e} photons in total, brightest pixel {:.6e} (fluence {:.4e} photons/m²)",
+        r.n_pixels, r.seconds, r.device, r.sum_photons, r.max_photons, r.fluence
     );
     println!("wrote {} and {}", r.h5.display(), r.expt.display());
     Ok(())

@@ -242,6 +242,13 @@ pub(crate) fn split_output(
 }
 
 /// `--device cpu|cuda|auto`.
+///
+/// \[decided\] The default is `auto`, for every command: a GPU node uses its
+/// GPU without an extra flag, and the fallback is never silent: the choice
+/// and its reason are logged at start-up (with the rank → device mapping) and
+/// every output records the backend that ran (`backend` columns, the
+/// simulated HDF5's `diffbragg_backend` attribute). `cuda` is the way to
+/// insist on a GPU (an error without one).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// The CPU kernel.
@@ -253,6 +260,17 @@ pub enum DeviceChoice {
     Auto,
 }
 
+impl DeviceChoice {
+    /// The command-line spelling (`cpu`, `cuda`, `auto`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+            DeviceChoice::Auto => "auto",
+        }
+    }
+}
+
 /// The shared command-line argument (`#[command(flatten)]` it into a subcommand).
 #[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceArgs {
@@ -261,6 +279,32 @@ pub struct DeviceArgs {
     /// (node-local r) mod (visible devices).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+}
+
+/// [`select`], for work that only the CPU kernel can do when `cpu_only` gives
+/// the reason (e.g. the nanoBragg sub-pixel convention): then `cpu` and `auto`
+/// take the CPU (`auto` says why, without probing CUDA) and `cuda` is an error
+/// naming the reason, raised before any work.
+pub fn select_for(choice: DeviceChoice, comm: &dyn Comm, cpu_only: Option<&str>) -> Result<Box<dyn Backend>> {
+    let Some(why) = cpu_only else {
+        return select(choice, comm);
+    };
+    match choice {
+        DeviceChoice::Cpu => select(choice, comm),
+        DeviceChoice::Cuda => Err(Error::param(
+            "--device cuda",
+            format!("{why} runs on the CPU kernel only: use --device cpu (or auto)"),
+        )),
+        DeviceChoice::Auto => {
+            let b = CpuBackend;
+            eprintln!(
+                "device: {} → --device auto: {why} runs on the CPU kernel only; using {}",
+                comm.describe(),
+                b.describe()
+            );
+            Ok(Box::new(b))
+        }
+    }
 }
 
 /// The backend for this process. Logs the choice on stderr (rank, device).
@@ -283,7 +327,11 @@ pub fn select(choice: DeviceChoice, comm: &dyn Comm) -> Result<Box<dyn Backend>>
             }
             Err(e) => {
                 let b = CpuBackend;
-                eprintln!("device: --device auto: CUDA not usable ({e}); using {}", b.describe());
+                eprintln!(
+                    "device: {} → --device auto: CUDA not usable ({e}); using {}",
+                    comm.describe(),
+                    b.describe()
+                );
                 Ok(Box::new(b))
             }
         },

@@ -415,6 +415,11 @@ impl Backend for CudaBackend {
         };
         let lists: Vec<&[Pixel]> = (0..pixels.n_shots()).map(|i| pixels.shot(i)).collect();
         let (packed, pix) = layout::pack(shots, &lists, code)?;
+        if pix.is_empty() {
+            // Nothing to launch, and the driver refuses 0-byte allocations
+            // (e.g. laue mode's λ̄ pass of a shot without spots).
+            return Ok(split_output(pixels, &packed, mode, vec![], &[], vec![0.0; packed.grad_len]));
+        }
         let fhkl = layout::common_fhkl(shots)?;
         let mut st =
             self.state.lock().map_err(|_| Error::msg("CUDA backend poisoned by an earlier panic"))?;

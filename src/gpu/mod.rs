@@ -5,6 +5,8 @@
 //!   cpu|cuda|auto` and the device choice per MPI rank.
 //! * [`cuda`]: the CUDA implementation (cudarc 0.19, NVRTC at run time).
 //! * [`ptx`]: the embedded CUDA source, NVRTC discovery, the PTX disk cache.
+//! * [`ops`]: the evaluations predict and simulate make through a backend
+//!   (a pixel list, the full detector, the laue-mode mean wavelength).
 //! * [`layout`]: the packed batch the kernels read (`#[repr(C)]` mirrors of
 //!   `kernels/diffbragg_model.cuh`).
 //! * [`host`]: the kernels' maths compiled for the host (tests only: proves the
@@ -21,7 +23,10 @@ pub mod cuda;
 #[doc(hidden)]
 pub mod host;
 pub mod layout;
+pub mod ops;
 pub mod ptx;
 
-pub use backend::{select, Backend, BatchOutput, CpuBackend, DeviceArgs, DeviceChoice, Mode, PixelBatch};
+pub use backend::{
+    select, select_for, Backend, BatchOutput, CpuBackend, DeviceArgs, DeviceChoice, Mode, PixelBatch,
+};
 pub use cuda::CudaBackend;

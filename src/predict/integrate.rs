@@ -54,6 +54,21 @@
 //!   `failed`/`error`. Shots are ordered by (exp_name, exp_idx) and ranks take
 //!   contiguous blocks (the reference's `array_split`).
 //! * `outdir` must not already hold predictions (no silent duplicates).
+//!
+//! # Device (`--device cpu|cuda|auto`, default `auto`)
+//! The two kernel evaluations of a shot (the full-detector image, and laue
+//! mode's weighted pass for λ̄) run on the rank's [`Backend`]
+//! ([`crate::gpu::select`]: rank r uses GPU (node-local r) mod (visible GPUs),
+//! logged at start-up; `cuda` fails before the output folder is created when no
+//! GPU is usable; `auto` falls back to the CPU and says why). Everything else
+//! (spot finding, matching, outputs) is the same code for every backend. The
+//! backend's name is recorded in every `predictions` row and every row of the
+//! summary table (`backend`). Shots still run in parallel (rayon); with CUDA
+//! their kernel calls queue on the one device while the other shots' CPU work
+//! proceeds. Shots are not batched into one launch: each has its own
+//! structure-factor table ([`crate::gpu::ops`]). The reference's `--numdev` is
+//! accepted and ignored (with a note): one knob, the visible devices
+//! (`CUDA_VISIBLE_DEVICES`), decides.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -83,6 +98,7 @@ use crate::dist::Comm;
 use crate::error::{io_err, Error, Result};
 use crate::experiment::{Experiment, ExperimentList};
 use crate::geometry::Detector;
+use crate::gpu::{select, Backend, DeviceChoice};
 use crate::image::{open_image_source, Image};
 use crate::io::dials_expt::write_experiments;
 use crate::io::dials_refl::write_refl;
@@ -114,8 +130,11 @@ pub struct IntegrateOptions {
     /// The stage-1 output folder (a store with `shot_params`).
     pub stage1_dir: PathBuf,
     pub outdir: PathBuf,
-    /// GPUs per node (kept for the reference's interface; the CPU kernel runs).
+    /// The reference's GPUs per node: accepted and ignored (a note says so when
+    /// it is not 1); the device follows [`crate::dist::device_for`].
     pub numdev: usize,
+    /// Kernel backend (`--device`).
+    pub device: DeviceChoice,
     /// Basename of the summary table (`NAME.parquet`, `NAME.csv`).
     pub hop_input_name: String,
     /// `key=value` overrides for either phil (see the module doc).
@@ -136,6 +155,7 @@ impl IntegrateOptions {
             stage1_dir: stage1_dir.into(),
             outdir: outdir.into(),
             numdev: 1,
+            device: DeviceChoice::default(),
             hop_input_name: "preds_for_hopper".into(),
             cmdline_phil: vec![],
             keep_shoeboxes: false,
@@ -736,19 +756,21 @@ fn fail(reason: &'static str) -> impl Fn(Error) -> ShotFailure {
 /// Read-only context shared by the shots of a rank.
 pub struct Context<'a> {
     pub settings: &'a Settings,
+    /// The rank's kernel backend.
+    pub backend: &'a dyn Backend,
     /// Parsed expt files by `exp_name` (an `Err` holds the read error).
     pub expts: HashMap<String, std::result::Result<Arc<ExperimentList>, String>>,
 }
 
 impl<'a> Context<'a> {
     /// Read every expt file the shots name, once each.
-    pub fn new(settings: &'a Settings, shots: &[ShotInput]) -> Context<'a> {
+    pub fn new(settings: &'a Settings, shots: &[ShotInput], backend: &'a dyn Backend) -> Context<'a> {
         let names: BTreeSet<&str> = shots.iter().map(|s| s.model.exp_name.as_str()).collect();
         let expts = names
             .into_par_iter()
             .map(|n| (n.to_string(), ExperimentList::read(n).map(Arc::new).map_err(|e| e.to_string())))
             .collect();
-        Context { settings, expts }
+        Context { settings, backend, expts }
     }
 }
 
@@ -821,7 +843,7 @@ pub fn process_shot(inp: &ShotInput, ctx: &Context) -> std::result::Result<ShotR
         choose_spectrum(inp, exp, src.as_ref(), loc.index, &s.spectrum).map_err(fail("no_spectrum"))?;
 
     let built = build_model(m, exp, &spectrum, &s.predict).map_err(fail("bad_model"))?;
-    let predicted = predict(&built, &s.predict).map_err(fail("model_error"))?;
+    let predicted = predict(&built, &s.predict, ctx.backend).map_err(fail("model_error"))?;
     let mut pred = predicted.table;
     if pred.nrows() == 0 {
         return Err(ShotFailure {
@@ -906,6 +928,8 @@ pub struct SummaryRow {
     pub spectrum: String,
     pub old_exp_name: String,
     pub old_exp_idx: usize,
+    /// The kernel backend that simulated the shot ([`Backend::name`]).
+    pub backend: String,
     #[serde(flatten)]
     pub stats: ShotStats,
 }
@@ -990,8 +1014,28 @@ pub fn run(opts: &IntegrateOptions, comm: &dyn Comm) -> Result<RunSummary> {
     run_with(opts, &settings, comm)
 }
 
-/// [`run`] with the settings already built (tests adjust them).
+/// [`run`] with the settings already built (tests adjust them); the backend
+/// is chosen from `opts.device` once the inputs are read, before any output.
 pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -> Result<RunSummary> {
+    run_inner(opts, settings, comm, None)
+}
+
+/// [`run_with`] on a given backend (`opts.device` is not used).
+pub fn run_with_backend(
+    opts: &IntegrateOptions,
+    settings: &Settings,
+    comm: &dyn Comm,
+    backend: &dyn Backend,
+) -> Result<RunSummary> {
+    run_inner(opts, settings, comm, Some(backend))
+}
+
+fn run_inner(
+    opts: &IntegrateOptions,
+    settings: &Settings,
+    comm: &dyn Comm,
+    backend: Option<&dyn Backend>,
+) -> Result<RunSummary> {
     if opts.hop_input_name.is_empty() || opts.hop_input_name.contains(['/', '\\']) {
         return Err(Error::param(
             "--hopInputName",
@@ -1007,6 +1051,23 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
             "no stage-1 results (shot_params rows with stage = 'stage1') to predict",
         ));
     }
+    if opts.numdev != 1 {
+        notes.push(format!(
+            "--numdev {} is ignored: rank r uses GPU (node-local r) mod (visible GPUs); \
+             choose the GPUs with CUDA_VISIBLE_DEVICES",
+            opts.numdev
+        ));
+    }
+    // The device before any output: `--device cuda` without a GPU writes nothing.
+    let selected;
+    let backend: &dyn Backend = match backend {
+        Some(b) => b,
+        None => {
+            selected = select(opts.device, comm)?;
+            &*selected
+        }
+    };
+    log(comm, &format!("kernel backend: {}", backend.describe()));
     std::fs::create_dir_all(&opts.outdir).map_err(|e| io_err(&opts.outdir, e))?;
     let out_root = std::fs::canonicalize(&opts.outdir).map_err(|e| io_err(&opts.outdir, e))?;
     if out_root == stage1.root() {
@@ -1037,7 +1098,7 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
         notes.push("use_diffuse_models is ignored: prediction models Bragg spots only".into());
     }
 
-    let ctx = Context::new(settings, mine);
+    let ctx = Context::new(settings, mine, backend);
     let done = AtomicUsize::new(0);
     let every = (mine.len() / 10).max(1);
     let (rank_, size_) = (comm.rank(), comm.size());
@@ -1096,7 +1157,7 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
                 let id = exps.len() as i32;
                 set_id(&mut r.predictions, id, &r.experiment.identifier)?;
                 set_id(&mut r.strong, id, &r.experiment.identifier)?;
-                append_prediction_rows(&mut pred_rows, r.shot_id, &r.predictions)?;
+                append_prediction_rows(&mut pred_rows, r.shot_id, &r.predictions, backend.name())?;
                 rows.push(SummaryRow {
                     shot_id: r.shot_id,
                     rank: rank as u32,
@@ -1106,6 +1167,7 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
                     spectrum: r.spectrum_desc.clone(),
                     old_exp_name: inp.model.exp_name.clone(),
                     old_exp_idx: inp.model.exp_idx,
+                    backend: backend.name().to_string(),
                     stats: r.stats.clone(),
                 });
                 summary.n_predictions += r.predictions.nrows();
@@ -1188,6 +1250,8 @@ pub fn run_with(opts: &IntegrateOptions, settings: &Settings, comm: &dyn Comm) -
             "laue_mode": settings.predict.laue,
             "hopInputName": opts.hop_input_name,
             "ranks": comm.size(),
+            "device": opts.device.as_str(),
+            "backends": all_rows.iter().map(|r| r.backend.as_str()).collect::<BTreeSet<_>>(),
         });
         crate::store::atomic::write_bytes(
             &out_root.join("integrate_settings.json"),
@@ -1235,6 +1299,7 @@ pub fn summary_schema() -> Arc<Schema> {
         f("n_strong_matched", DataType::Int32),
         f("n_hkl", DataType::Int64),
         f("wall_time_s", DataType::Float64),
+        f("backend", DataType::Utf8),
     ]))
 }
 
@@ -1263,6 +1328,7 @@ pub fn write_summary_table(dir: &Path, name: &str, rows: &[SummaryRow]) -> Resul
         i32c(&|r| r.stats.n_strong_matched),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.stats.n_hkl as i64))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.stats.wall_time_s))),
+        strc(&|r| &r.backend),
     ];
     let schema = summary_schema();
     let batch =

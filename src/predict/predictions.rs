@@ -23,6 +23,8 @@
 //!   mean for strong spots.)
 //! * Miller index: `ceil(Rᵀ·rlp − ½)` with R = A⁻ᵀ of `Amats`
 //!   ([`crate::conventions::round_miller3`]).
+//! * The kernel runs on the caller's [`Backend`] ([`crate::gpu::ops`]); each
+//!   `predictions` row records its name (`backend`).
 //!
 //! # Structure factors \[decided\]
 //! Prediction is geometric: every index of the set gets one amplitude.
@@ -55,10 +57,8 @@ use crate::crystal::UnitCell;
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::geometry::Detector;
-use crate::kernel::{
-    mean_wavelength, simulate_image, sources_from_spectrum, CrystalModel, Eta, FhklTable, MosaicSpec, Pixel,
-    ShotModel,
-};
+use crate::gpu::{ops, Backend};
+use crate::kernel::{sources_from_spectrum, CrystalModel, Eta, FhklTable, MosaicSpec, Pixel, ShotModel};
 use crate::reflections::{flags, ReflectionTable};
 use crate::report::deltapsi::{predict_ray, PxMm};
 use crate::spectrum::Spectrum;
@@ -466,14 +466,15 @@ pub struct Predicted {
     pub n_pixels_above: usize,
 }
 
-/// Simulate the model, extract spots and build the prediction table:
+/// Simulate the model on `backend`, extract spots and build the prediction table:
 /// `bbox, flags (= Predicted), id (= 0), imageset_id, panel, intensity.sum.*,
 /// n_signal, num_pixels, scatter, xyzobs.px.*, xyzobs.mm.*, xyzcal.px,
 /// xyzcal.mm, s1, rlp, d, miller_index, delpsical.rad, entering` and, in laue
-/// mode, `ave_wavelen`.
-pub fn predict(built: &BuiltModel, cfg: &PredictConfig) -> Result<Predicted> {
+/// mode, `ave_wavelen`. The two kernel evaluations (the image, and laue mode's
+/// weighted pass) run on `backend`; everything else is the same for every backend.
+pub fn predict(built: &BuiltModel, cfg: &PredictConfig, backend: &dyn Backend) -> Result<Predicted> {
     let model = &built.model;
-    let values = simulate_image(model, &built.fhkl)?;
+    let values = ops::simulate_image(backend, model, &built.fhkl)?;
     let select = if cfg.peak_detection {
         ModelMask::LocalMaxima(cfg.threshold)
     } else {
@@ -519,7 +520,7 @@ pub fn predict(built: &BuiltModel, cfg: &PredictConfig) -> Result<Predicted> {
                 vals.push(values[offsets[s.panel] + q.y as usize * nf + q.x as usize]);
             }
         }
-        let lam = mean_wavelength(model, &built.fhkl, &pixels, Some(&vals))?;
+        let lam = ops::mean_wavelength(backend, model, &built.fhkl, &pixels, Some(&vals))?;
         let mut k = 0;
         let mut out = Vec::with_capacity(spots.len());
         for s in &spots {
@@ -583,8 +584,14 @@ pub fn apply_laue_rlp(t: &mut ReflectionTable, laue_rlp: &[[f64; 3]], keep: &[us
 }
 
 /// Append the `predictions` rows of one shot's kept prediction table
-/// (`pred_id` = row within the shot; columns as in `schemas/predictions.json`).
-pub fn append_prediction_rows(b: &mut BatchBuilder, shot_id: i64, t: &ReflectionTable) -> Result<()> {
+/// (`pred_id` = row within the shot; columns as in `schemas/predictions.json`;
+/// `backend` = [`Backend::name`] of the kernel that simulated the shot).
+pub fn append_prediction_rows(
+    b: &mut BatchBuilder,
+    shot_id: i64,
+    t: &ReflectionTable,
+    backend: &str,
+) -> Result<()> {
     let n = t.nrows();
     let panel = t.get_size("panel")?;
     let hkl = t.get_miller("miller_index")?;
@@ -626,6 +633,7 @@ pub fn append_prediction_rows(b: &mut BatchBuilder, shot_id: i64, t: &Reflection
             ("matched_refl_id", if matched[i] >= 0 { matched[i].into() } else { Value::Null }),
             ("match_distance", if strong[i] { opt(dist[i]) } else { Value::Null }),
             ("ave_wavelen", ave.map_or(Value::Null, |a| opt(a[i]))),
+            ("backend", backend.into()),
         ])?;
     }
     Ok(())
