@@ -24,6 +24,7 @@ pub mod refine;
 pub mod image;
 pub mod import;
 pub mod spectrum;
+pub mod stage1;
 pub mod symmetry;
 pub mod store;
 pub mod kernel;
