@@ -26,6 +26,7 @@ pub mod import;
 pub mod spectrum;
 pub mod stage1;
 pub mod symmetry;
+pub mod synth;
 pub mod store;
 pub mod kernel;
 pub mod ucell;

@@ -6,8 +6,11 @@
 
 pub mod bench;
 pub mod config;
+pub mod hopper;
 pub mod import;
+pub mod report;
 pub mod sql;
+pub mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +35,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
     Residuals(crate::report::cli::ResidualsArgs),
+    /// Stage 1: per-shot pixel refinement (diffBragg's hopper).
+    Hopper(hopper::HopperArgs),
+    /// Generate a synthetic stage-1 dataset with known truth.
+    Synth(synth::SynthArgs),
+    /// Stage-1 diagnostics of an output folder: per-panel residuals and Δψ, PNGs, summary.
+    Report(report::ReportArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -46,5 +55,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(args),
         Command::Bench(a) => bench::run(a),
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
+        Command::Hopper(a) => hopper::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Report(a) => report::run(a),
     }
 }

@@ -79,8 +79,12 @@ pub fn structure_factors(cfg: &HopperConfig) -> Result<FhklTable> {
         }
         return FhklTable::new(&[], &[], default_f, false);
     };
+    fhkl_from_mtz(path, sf.mtz_column.as_deref().unwrap_or("F"), default_f)
+}
+
+/// |F| of an MTZ column group on the P1 grid (primitive basis for centred groups).
+pub fn fhkl_from_mtz(path: &Path, spec: &str, default_f: f64) -> Result<FhklTable> {
     let mtz = crate::io::mtz::Mtz::read(path)?;
-    let spec = sf.mtz_column.as_deref().unwrap_or("F");
     let amps = mtz.amplitudes(spec).map_err(|e| Error::file(path, e.to_string()))?;
     let sg = mtz.space_group.clone().ok_or_else(|| Error::file(path, "MTZ without a space group"))?;
     let p1 = crate::symmetry::miller::expand_to_p1(&sg, &amps.hkl, amps.anomalous);
