@@ -525,3 +525,130 @@ pub fn read_truth(path: &Path) -> Result<Vec<Truth>> {
     }
     Ok(out)
 }
+
+/// Recovery of one shot: refined minus true, with the reported uncertainties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShotScore {
+    pub shot_id: i64,
+    pub status: String,
+    /// Angle of `U_refined·U_trueᵀ`, degrees, and the reported σ of that angle
+    /// (`√(σ_x² + σ_y² + σ_z²)`, degrees).
+    pub orient_deg: f64,
+    pub sigma_orient_deg: f64,
+    /// Relative errors and σ of a, b, c.
+    pub cell_rel: [f64; 3],
+    pub sigma_cell_rel: [f64; 3],
+    pub ncells_rel: [f64; 3],
+    pub sigma_ncells_rel: [f64; 3],
+    pub g_rel: f64,
+    pub sigma_g_rel: f64,
+    pub start_orient_deg: f64,
+}
+
+/// Compare a stage-1 store's `shot_params` with the truth (shots missing from
+/// the store are left out).
+pub fn score(truth: &[Truth], store: &crate::store::Store) -> Result<Vec<ShotScore>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type};
+    let cols = [
+        "shot_id", "status", "Amats", "a", "b", "c", "al", "be", "ga", "ncells", "spot_scales", "sigma_rot", "sigma_cell",
+        "sigma_ncells", "sigma_spot_scales",
+    ];
+    let mut by_id = std::collections::BTreeMap::new();
+    for b in store.read_columns(crate::store::Table::ShotParams, &cols, None)? {
+        let f = |c: usize, i: usize| {
+            let a = b.column(c).as_primitive::<Float64Type>();
+            if a.is_null(i) {
+                f64::NAN
+            } else {
+                a.value(i)
+            }
+        };
+        let list = |c: usize, i: usize, n: usize| -> Vec<f64> {
+            let a = b.column(c);
+            if a.is_null(i) {
+                return vec![f64::NAN; n];
+            }
+            let v = match a.data_type() {
+                DataType::FixedSizeList(..) => a.as_fixed_size_list().value(i),
+                _ => a.as_list::<i32>().value(i),
+            };
+            v.as_primitive::<Float64Type>().values().to_vec()
+        };
+        for i in 0..b.num_rows() {
+            let sid = b.column(0).as_primitive::<Int64Type>().value(i);
+            let status = b.column(1).as_string::<i32>().value(i).to_string();
+            let a = list(2, i, 9);
+            let cell = [f(3, i), f(4, i), f(5, i), f(6, i), f(7, i), f(8, i)];
+            by_id.insert(
+                sid,
+                (status, a, cell, list(9, i, 3), f(10, i), list(11, i, 3), list(12, i, 6), list(13, i, 3), f(14, i)),
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for t in truth {
+        let Some((status, a, cell, nc, g, srot, scell, snc, sg)) = by_id.get(&t.shot_id) else { continue };
+        let a = crate::conventions::mat3_from_row_major(a);
+        let b = UnitCell::from_array(*cell).b_recip();
+        let u = a * b.try_inverse().ok_or_else(|| Error::msg("degenerate refined cell"))?;
+        let r = u * t.u.transpose();
+        let ang = ((r.trace() - 1.0) / 2.0).clamp(-1.0, 1.0).acos().to_degrees();
+        let so = (srot.iter().map(|s| s * s).sum::<f64>()).sqrt().to_degrees();
+        out.push(ShotScore {
+            shot_id: t.shot_id,
+            status: status.clone(),
+            orient_deg: ang,
+            sigma_orient_deg: so,
+            cell_rel: std::array::from_fn(|k| (cell[k] - t.cell[k]) / t.cell[k]),
+            sigma_cell_rel: std::array::from_fn(|k| scell[k] / t.cell[k]),
+            ncells_rel: std::array::from_fn(|k| (nc[k] - t.ncells[k]) / t.ncells[k]),
+            sigma_ncells_rel: std::array::from_fn(|k| snc[k] / t.ncells[k]),
+            g_rel: (g - t.g) / t.g,
+            sigma_g_rel: sg / t.g,
+            start_orient_deg: t.misorientation_deg,
+        });
+    }
+    Ok(out)
+}
+
+/// Root mean square.
+pub fn rms(v: impl IntoIterator<Item = f64>) -> f64 {
+    let (s, n) = v.into_iter().fold((0.0, 0usize), |(s, n), x| (s + x * x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        (s / n as f64).sqrt()
+    }
+}
+
+/// The recovery summary: RMS errors and RMS reported σ per quantity.
+pub fn score_summary(s: &[ShotScore]) -> String {
+    let mut t = format!("{} shots scored\n", s.len());
+    t += &format!(
+        "orientation  RMS error {:.5}°  (RMS σ {:.5}°; start {:.3}°)\n",
+        rms(s.iter().map(|x| x.orient_deg)),
+        rms(s.iter().map(|x| x.sigma_orient_deg)),
+        rms(s.iter().map(|x| x.start_orient_deg))
+    );
+    for (k, n) in ["a", "b", "c"].iter().enumerate() {
+        t += &format!(
+            "cell {n}       RMS error {:.5}%  (RMS σ {:.5}%)\n",
+            100.0 * rms(s.iter().map(|x| x.cell_rel[k])),
+            100.0 * rms(s.iter().map(|x| x.sigma_cell_rel[k]))
+        );
+    }
+    for (k, n) in ["Na", "Nb", "Nc"].iter().enumerate() {
+        t += &format!(
+            "{n}           RMS error {:.3}%  (RMS σ {:.3}%)\n",
+            100.0 * rms(s.iter().map(|x| x.ncells_rel[k])),
+            100.0 * rms(s.iter().map(|x| x.sigma_ncells_rel[k]))
+        );
+    }
+    t += &format!(
+        "G            RMS error {:.3}%  (RMS σ {:.3}%)\n",
+        100.0 * rms(s.iter().map(|x| x.g_rel)),
+        100.0 * rms(s.iter().map(|x| x.sigma_g_rel))
+    );
+    t
+}

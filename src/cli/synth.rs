@@ -60,9 +60,20 @@ pub struct SynthArgs {
     /// ROI side written into the phil.
     #[arg(long, default_value_t = 15)]
     pub shoebox_size: usize,
+    /// Instead of generating: score the stage-1 output folder given here
+    /// against `--out`'s truth.parquet.
+    #[arg(long, value_name = "STAGE1_DIR")]
+    pub score: Option<PathBuf>,
 }
 
 pub fn run(a: SynthArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.score {
+        let truth = crate::synth::read_truth(&a.out.join("truth.parquet"))?;
+        let store = crate::store::Store::open(dir)?;
+        let s = crate::synth::score(&truth, &store)?;
+        print!("{}", crate::synth::score_summary(&s));
+        return Ok(());
+    }
     let o = SynthOptions {
         out: a.out.clone(),
         shots: a.shots,

@@ -219,13 +219,11 @@ fn file_stem(p: &Path) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
-/// Refine one shot.
-pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<ShotOutput, ShotFailure> {
-    let t0 = Instant::now();
+/// Read and prepare one shot (everything before the fit).
+pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Prepared, ShotFailure> {
     let cfg = &ctx.cfg;
     let entry = &task.entry;
-    let list = ExperimentList::read_one(&entry.expt, entry.exp_idx).map_err(fail("bad_input"))?;
-    let mut list = list;
+    let mut list = ExperimentList::read_one(&entry.expt, entry.exp_idx).map_err(fail("bad_input"))?;
     if list.experiments.is_empty() {
         return Err(ShotFailure { reason: "bad_input", message: format!("{}: no experiment {}", entry.expt.display(), entry.exp_idx) });
     }
@@ -294,7 +292,8 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
         beam.clone(),
         sources,
         base_crystal(u0, ucell0.clone(), o_matrix, ncells0, cfg.no_nabc_scale),
-        fluence(flux, spectrum.len(), cfg.simulator.beam.size_mm),
+        // simulator.init_scale multiplies the kernel (nanoBragg spot_scale).
+        fluence(flux, spectrum.len(), cfg.simulator.beam.size_mm) * cfg.simulator.init_scale,
     );
     base.oversample = if cfg.simulator.oversample > 0 {
         cfg.simulator.oversample
@@ -323,6 +322,85 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
         &ShotInit { ucell: &ucell0, n_rois: data.rois.len(), roi_scale_init: &data.roi_scale_init, g_init },
     )
     .map_err(fail("bad_config"))?;
+    Ok(Prepared {
+        list,
+        expt_in,
+        crystal,
+        beam,
+        det_in,
+        refls,
+        spectrum,
+        spec_source,
+        spec_file,
+        mean_wave,
+        data,
+        base,
+        params,
+        axes0,
+        u0,
+        system,
+        g_init,
+        flux,
+        nabc0,
+    })
+}
+
+/// A shot ready to refine (see [`prepare_shot`]).
+pub struct Prepared {
+    pub list: ExperimentList,
+    pub expt_in: Experiment,
+    pub crystal: crate::crystal::Crystal,
+    pub beam: crate::geometry::Beam,
+    pub det_in: Detector,
+    pub refls: ReflectionTable,
+    pub spectrum: Spectrum,
+    pub spec_source: &'static str,
+    pub spec_file: Option<String>,
+    pub mean_wave: f64,
+    pub data: ShotData,
+    pub base: ShotModel,
+    pub params: ShotParams,
+    pub axes0: Mat3,
+    pub u0: Mat3,
+    pub system: crate::ucell::LatticeSystem,
+    pub g_init: f64,
+    pub flux: f64,
+    pub nabc0: [f64; 3],
+}
+
+impl Prepared {
+    /// The target of this shot.
+    pub fn problem<'a>(&'a self, fhkl: &'a FhklTable) -> Problem<'a> {
+        Problem { data: &self.data, base: &self.base, fhkl, params: &self.params, axes0: self.axes0 }
+    }
+}
+
+/// Refine one shot.
+pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<ShotOutput, ShotFailure> {
+    let t0 = Instant::now();
+    let cfg = &ctx.cfg;
+    let entry = &task.entry;
+    let Prepared {
+        mut list,
+        expt_in,
+        crystal,
+        beam,
+        det_in,
+        refls,
+        spectrum,
+        spec_source,
+        spec_file,
+        mean_wave,
+        data,
+        base,
+        params,
+        axes0,
+        u0,
+        system,
+        g_init,
+        flux,
+        nabc0,
+    } = prepare_shot(ctx, task)?;
     let problem = Problem { data: &data, base: &base, fhkl: &ctx.fhkl, params: &params, axes0 };
     let x0 = params.set.x0();
     let fit: Fit = if x0.is_empty() {
