@@ -119,3 +119,47 @@ pub fn recover(root: &Path) -> Result<(usize, usize)> {
     }
     Ok((done, dropped))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BatchBuilder, FailureRow};
+
+    fn batch(sid: i64) -> RecordBatch {
+        let mut b = BatchBuilder::new(Table::Failures);
+        b.append_row(&FailureRow::now(sid, "stage1", "test", "m")).unwrap();
+        b.finish().unwrap()
+    }
+
+    fn shards(root: &Path) -> usize {
+        std::fs::read_dir(root.join("failures")).map(|r| r.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn committed_flushes_are_finished_and_others_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("failures")).unwrap();
+        commit(root, 0, 0, &[(Table::Failures, batch(1))]).unwrap();
+        assert_eq!(shards(root), 1);
+        assert!(std::fs::read_dir(staging_dir(root)).unwrap().next().is_none());
+        // A flush killed before its COMMIT: staged file only.
+        let f1 = staging_dir(root).join("rank0-1-7");
+        std::fs::create_dir_all(&f1).unwrap();
+        write_replace(&f1.join("failures.parquet"), |w| write_batches(Table::Failures, &[batch(2)], w)).unwrap();
+        // A flush killed after its COMMIT, before the rename.
+        let f2 = staging_dir(root).join("rank0-1-8");
+        std::fs::create_dir_all(&f2).unwrap();
+        let src = f2.join("failures.parquet");
+        write_replace(&src, |w| write_batches(Table::Failures, &[batch(3)], w)).unwrap();
+        let dest = root.join("failures").join("rank0-00007.parquet");
+        std::fs::write(f2.join(COMMIT), format!("{}\t{}\n", src.display(), dest.display())).unwrap();
+        assert_eq!(recover(root).unwrap(), (1, 1));
+        assert_eq!(shards(root), 2);
+        assert!(dest.is_file());
+        assert!(std::fs::read_dir(staging_dir(root)).unwrap().next().is_none());
+        // Idempotent.
+        assert_eq!(recover(root).unwrap(), (0, 0));
+        assert_eq!(next_part(&root.join("failures"), 0).unwrap(), 8);
+    }
+}

@@ -121,7 +121,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<PixelMask> {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
     }
     let shape_txt = field("shape").ok_or_else(|| bad("no 'shape' in the header"))?;
-    let close = shape_txt.find(')').ok_or_else(|| bad("bad 'shape'"))?;
+    let close = shape_txt.find(')').filter(|&c| c >= 1 && shape_txt.starts_with('(')).ok_or_else(|| bad("bad 'shape'"))?;
     let shape: Vec<usize> = shape_txt[1..close]
         .split(',')
         .map(str::trim)
@@ -130,6 +130,9 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<PixelMask> {
         .collect::<Result<_>>()?;
     let n = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or_else(|| bad("shape overflows"))?;
     let data = &bytes[end..];
+    if descr.len() < 3 || !descr.is_ascii() {
+        return Err(bad(&format!("unsupported dtype {descr}")));
+    }
     let (kind, size, big) = {
         let (order, rest) = descr.split_at(1);
         let big = order == ">";

@@ -144,14 +144,26 @@ fn fail(reason: &'static str) -> impl Fn(Error) -> ShotFailure {
 }
 
 /// The shot's spectrum and where it came from.
-pub fn shot_spectrum(ctx: &RunContext, e: &Experiment, entry: &SpecEntry) -> Result<(Spectrum, &'static str, Option<String>)> {
+pub fn shot_spectrum(
+    ctx: &RunContext,
+    e: &Experiment,
+    entry: &SpecEntry,
+    image: Option<&dyn crate::image::ImageSource>,
+) -> Result<(Spectrum, &'static str, Option<String>)> {
     let c = &ctx.cfg;
     let beam = e.beam()?;
     let total = c.simulator.total_flux;
     let stride = c.simulator.spectrum.stride;
     if c.spectrum_from_imageset {
         let loc = e.image_location()?;
-        let src = crate::image::open_image_source(&loc.path)?;
+        let opened;
+        let src = match image {
+            Some(s) => s,
+            None => {
+                opened = crate::image::open_image_source(&loc.path)?;
+                opened.as_ref()
+            }
+        };
         let sp = src.spectrum(loc.index)?.ok_or_else(|| {
             Error::file(&loc.path, format!("spectrum_from_imageset=True but image {} carries no spectrum", loc.index))
         })?;
@@ -240,7 +252,16 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
     if refls.nrows() == 0 {
         return Err(ShotFailure { reason: "no_reflections", message: format!("{}: no rows with id {}", entry.refl.display(), entry.exp_idx) });
     }
-    let (spectrum, spec_source, spec_file) = shot_spectrum(ctx, &expt_in, entry).map_err(fail("bad_spectrum"))?;
+    // The image file is opened once, for the pixels and (if asked) the spectrum.
+    let needs_image = !cfg.refiner.load_data_from_refl || cfg.spectrum_from_imageset;
+    let image_src = if needs_image {
+        let loc = expt_in.image_location().map_err(fail("bad_input"))?;
+        Some((crate::image::open_image_source(&loc.path).map_err(fail("bad_image"))?, loc.index))
+    } else {
+        None
+    };
+    let (spectrum, spec_source, spec_file) =
+        shot_spectrum(ctx, &expt_in, entry, image_src.as_ref().map(|(s, _)| s.as_ref())).map_err(fail("bad_spectrum"))?;
     spectrum.validate().map_err(|m| ShotFailure { reason: "bad_spectrum", message: m })?;
     let mean_wave = spectrum.mean_wavelength();
 
@@ -250,9 +271,8 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
     let data = if cfg.refiner.load_data_from_refl {
         gather_from_shoeboxes(&expt_in, &refls, mask.as_deref(), &gopt).map_err(fail("bad_input"))?
     } else {
-        let loc = expt_in.image_location().map_err(fail("bad_input"))?;
-        let src = crate::image::open_image_source(&loc.path).map_err(fail("bad_image"))?;
-        let img = src.read_image(loc.index).map_err(fail("bad_image"))?;
+        let (src, index) = image_src.as_ref().ok_or_else(|| ShotFailure { reason: "bad_input", message: "no image".into() })?;
+        let img = src.read_image(*index).map_err(fail("bad_image"))?;
         gather_from_image(&expt_in, &refls, &img, mask.as_deref(), &gopt).map_err(fail("bad_image"))?
     };
     if data.rois.is_empty() || data.n_trusted() == 0 {
