@@ -174,7 +174,8 @@ fn random_rotation(rng: &mut ChaCha8Rng) -> Mat3 {
     let (u1, u2, u3): (f64, f64, f64) = (rng.random(), rng.random(), rng.random());
     let tau = std::f64::consts::TAU;
     let (a, b) = ((1.0 - u1).sqrt(), u1.sqrt());
-    let (w, x, y, z) = (a * (tau * u2).sin(), a * (tau * u2).cos(), b * (tau * u3).sin(), b * (tau * u3).cos());
+    let (w, x, y, z) =
+        (a * (tau * u2).sin(), a * (tau * u2).cos(), b * (tau * u3).sin(), b * (tau * u3).cos());
     Mat3::new(
         1.0 - 2.0 * (y * y + z * z),
         2.0 * (x * y - z * w),
@@ -244,7 +245,13 @@ fn write_structure_factors(o: &SynthOptions, sg: &SpaceGroup, path: &Path) -> Re
             (hkl, f)
         }
     };
-    let mut mtz = crate::io::mtz::Mtz::new_merged(cell, sg.clone(), &hkl, ("synth", "synth", "synth"), EV_ANGSTROM / o.energy_ev);
+    let mut mtz = crate::io::mtz::Mtz::new_merged(
+        cell,
+        sg.clone(),
+        &hkl,
+        ("synth", "synth", "synth"),
+        EV_ANGSTROM / o.energy_ev,
+    );
     mtz.add_column("F", 'F', f.iter().map(|&v| v as f32).collect())?;
     mtz.write(path)?;
     crate::stage1::driver::fhkl_from_mtz(path, "F", 0.0)
@@ -359,7 +366,8 @@ pub fn generate(o: &SynthOptions) -> Result<Vec<Truth>> {
             let pos = t.get_vec3("xyzobs.px.value")?.to_vec();
             let var = t.get_vec3("xyzobs.px.variance")?.to_vec();
             let mm: Vec<[f64; 3]> = pos.iter().map(|p| [p[0] * o.pixel_mm, p[1] * o.pixel_mm, 0.0]).collect();
-            let mmv: Vec<[f64; 3]> = var.iter().map(|v| [v[0] * o.pixel_mm.powi(2), v[1] * o.pixel_mm.powi(2), 0.0]).collect();
+            let mmv: Vec<[f64; 3]> =
+                var.iter().map(|v| [v[0] * o.pixel_mm.powi(2), v[1] * o.pixel_mm.powi(2), 0.0]).collect();
             let s1: Vec<[f64; 3]> = pos
                 .iter()
                 .map(|p| {
@@ -397,7 +405,10 @@ pub fn generate(o: &SynthOptions) -> Result<Vec<Truth>> {
                 &bd,
                 std::slice::from_ref(&img),
                 Some(std::slice::from_ref(&raw_spec)),
-                crate::io::hdf5::writer::WriterOptions { dtype: crate::io::hdf5::writer::ImageDtype::F32, gzip: Some(4) },
+                crate::io::hdf5::writer::WriterOptions {
+                    dtype: crate::io::hdf5::writer::ImageDtype::F32,
+                    gzip: Some(4),
+                },
             )?;
             t.identifiers = [(0u64, e.identifier.clone())].into_iter().collect();
             crate::io::dials_refl::write_refl(&refl_path, &t)?;
@@ -460,9 +471,7 @@ fn fixed_list(values: Vec<f64>, n: i32) -> ArrayRef {
 
 /// `truth.parquet`: shot_id, exp_name, U (row-major), cell, ncells, G, misorientation, spot count.
 pub fn write_truth(path: &Path, t: &[Truth]) -> Result<()> {
-    let fl = |n: i32| {
-        DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, false)), n)
-    };
+    let fl = |n: i32| DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, false)), n);
     let schema = Arc::new(Schema::new(vec![
         Field::new("shot_id", DataType::Int64, false),
         Field::new("exp_name", DataType::Utf8, false),
@@ -475,7 +484,9 @@ pub fn write_truth(path: &Path, t: &[Truth]) -> Result<()> {
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(t.iter().map(|r| r.shot_id).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(t.iter().map(|r| r.expt.to_string_lossy().into_owned()).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(
+            t.iter().map(|r| r.expt.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        )),
         fixed_list(t.iter().flat_map(|r| crate::conventions::mat3_to_row_major(&r.u)).collect(), 9),
         fixed_list(t.iter().flat_map(|r| r.cell).collect(), 6),
         fixed_list(t.iter().flat_map(|r| r.ncells).collect(), 3),
@@ -551,8 +562,21 @@ pub fn score(truth: &[Truth], store: &crate::store::Store) -> Result<Vec<ShotSco
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type};
     let cols = [
-        "shot_id", "status", "Amats", "a", "b", "c", "al", "be", "ga", "ncells", "spot_scales", "sigma_rot", "sigma_cell",
-        "sigma_ncells", "sigma_spot_scales",
+        "shot_id",
+        "status",
+        "Amats",
+        "a",
+        "b",
+        "c",
+        "al",
+        "be",
+        "ga",
+        "ncells",
+        "spot_scales",
+        "sigma_rot",
+        "sigma_cell",
+        "sigma_ncells",
+        "sigma_spot_scales",
     ];
     let mut by_id = std::collections::BTreeMap::new();
     for b in store.read_columns(crate::store::Table::ShotParams, &cols, None)? {
@@ -582,7 +606,17 @@ pub fn score(truth: &[Truth], store: &crate::store::Store) -> Result<Vec<ShotSco
             let cell = [f(3, i), f(4, i), f(5, i), f(6, i), f(7, i), f(8, i)];
             by_id.insert(
                 sid,
-                (status, a, cell, list(9, i, 3), f(10, i), list(11, i, 3), list(12, i, 6), list(13, i, 3), f(14, i)),
+                (
+                    status,
+                    a,
+                    cell,
+                    list(9, i, 3),
+                    f(10, i),
+                    list(11, i, 3),
+                    list(12, i, 6),
+                    list(13, i, 3),
+                    f(14, i),
+                ),
             );
         }
     }

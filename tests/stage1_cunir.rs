@@ -55,7 +55,9 @@ fn cunir_shoeboxes_refine_and_centroids_improve() {
         ours.extend(distances(&t));
     }
     let ours = median(ours);
-    println!("median |xyzcal.px − xyzobs.px.value|: DIALS {dials:.3} px, stage 1 {ours:.3} px ({n_rows} rows)");
+    println!(
+        "median |xyzcal.px − xyzobs.px.value|: DIALS {dials:.3} px, stage 1 {ours:.3} px ({n_rows} rows)"
+    );
     assert!(n_rows >= 300, "{n_rows} rows kept of 360");
     assert!(ours <= dials, "stage 1 median {ours} px is worse than DIALS' {dials} px");
     // The refined experiments read back, one crystal each.

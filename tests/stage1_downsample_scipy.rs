@@ -38,7 +38,8 @@ fn case(seed: u64, order: usize, freq: f64, delta_en: f64) {
     let (e, w) = diffbragg::synth::sase_spectrum(&mut rng, 9500.0, 40, delta_en);
     let tmp = tempfile::tempdir().unwrap();
     let inp = tmp.path().join("in.json");
-    let js = serde_json::json!({"e": e, "w": w, "tail": 50, "order": order, "freq": freq, "delta_en": delta_en});
+    let js =
+        serde_json::json!({"e": e, "w": w, "tail": 50, "order": order, "freq": freq, "delta_en": delta_en});
     std::fs::write(&inp, js.to_string()).unwrap();
     let script = tmp.path().join("ref.py");
     std::fs::write(&script, PY).unwrap();

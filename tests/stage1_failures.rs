@@ -85,7 +85,11 @@ fn killed_run_resumes_without_duplicates() {
     let t0 = Instant::now();
     let shards = |t: &str| {
         std::fs::read_dir(out.join(t))
-            .map(|r| r.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("rank")).count())
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("rank"))
+                    .count()
+            })
             .unwrap_or(0)
     };
     while shards("shot_params") + shards("failures") == 0 {
@@ -104,5 +108,8 @@ fn killed_run_resumes_without_duplicates() {
     let st = args(&[]).status().unwrap();
     assert!(st.success());
     assert_no_duplicates(&out, 9, 1);
-    assert!(!out.join(".stage1-staging").exists() || std::fs::read_dir(out.join(".stage1-staging")).unwrap().count() == 0);
+    assert!(
+        !out.join(".stage1-staging").exists()
+            || std::fs::read_dir(out.join(".stage1-staging")).unwrap().count() == 0
+    );
 }

@@ -36,7 +36,13 @@ fn check(dir: &std::path::Path, overrides: &[&str]) {
         let fd = (fp - fm) / (2.0 * h);
         // Relative agreement, plus the rounding noise of f in the difference.
         let tol = 2e-4 * fd.abs().max(g[k].abs()) + 1e-9 * e.f.abs().max(1.0);
-        assert!((fd - g[k]).abs() <= tol, "{overrides:?}: {} analytic {} vs fd {fd} (f = {})", names[k], g[k], e.f);
+        assert!(
+            (fd - g[k]).abs() <= tol,
+            "{overrides:?}: {} analytic {} vs fd {fd} (f = {})",
+            names[k],
+            g[k],
+            e.f
+        );
     }
 }
 

@@ -86,7 +86,8 @@ fn user_stage_one_phil_runs_with_paths_overridden() {
     let (cfg, _) = diffbragg::config::HopperConfig::load(&[phil.clone()], &[]).unwrap();
     let set: BTreeSet<&String> = cfg.sources.0.keys().collect();
     assert!(set.len() >= 30, "{set:?}");
-    let warnings: String = err.lines().skip_while(|l| !l.starts_with("warning")).collect::<Vec<_>>().join("\n");
+    let warnings: String =
+        err.lines().skip_while(|l| !l.starts_with("warning")).collect::<Vec<_>>().join("\n");
     for name in set {
         assert!(
             HONOURED.contains(&name.as_str()) || warnings.contains(name.as_str()),

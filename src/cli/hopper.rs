@@ -83,7 +83,11 @@ pub fn run(a: HopperArgs) -> anyhow::Result<()> {
                 eprintln!("warning: {w}");
             }
         }
-        let opts = RunOptions { flush_every: a.flush_every, progress: a.no_progress.then_some(false), verbose: a.verbose };
+        let opts = RunOptions {
+            flush_every: a.flush_every,
+            progress: a.no_progress.then_some(false),
+            verbose: a.verbose,
+        };
         let s = run_stage1(cfg, comm.as_ref(), &opts)?;
         if comm.is_root() || a.verbose {
             eprintln!(

@@ -36,7 +36,8 @@ pub struct ReportArgs {
 pub fn read_residuals(store: &Store) -> Result<Vec<ResidualRow>> {
     let mut out = Vec::new();
     for b in store.read(Table::Residuals, None)? {
-        let col = |n: &str| b.column_by_name(n).ok_or_else(|| Error::msg(format!("residuals: no column {n}")));
+        let col =
+            |n: &str| b.column_by_name(n).ok_or_else(|| Error::msg(format!("residuals: no column {n}")));
         let f = |n: &str| -> Result<Vec<f64>> {
             let c = col(n)?;
             let a = c.as_primitive::<Float64Type>();
@@ -53,8 +54,22 @@ pub fn read_residuals(store: &Store) -> Result<Vec<ResidualRow>> {
             mi.column(2).as_primitive::<Int32Type>().clone(),
         );
         let names = [
-            "d", "two_theta_obs_deg", "two_theta_cal_deg", "obs_x_px", "obs_y_px", "cal_x_px", "cal_y_px", "obs_x_mm",
-            "obs_y_mm", "cal_x_mm", "cal_y_mm", "radial_mm", "transverse_mm", "delpsi_deg", "obs_var_mm2", "wavelength",
+            "d",
+            "two_theta_obs_deg",
+            "two_theta_cal_deg",
+            "obs_x_px",
+            "obs_y_px",
+            "cal_x_px",
+            "cal_y_px",
+            "obs_x_mm",
+            "obs_y_mm",
+            "cal_x_mm",
+            "cal_y_mm",
+            "radial_mm",
+            "transverse_mm",
+            "delpsi_deg",
+            "obs_var_mm2",
+            "wavelength",
         ];
         let v: Vec<Vec<f64>> = names.iter().map(|n| f(n)).collect::<Result<_>>()?;
         for i in 0..b.num_rows() {

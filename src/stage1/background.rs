@@ -66,7 +66,13 @@ pub fn label_background(values: &[f64], usable: &[bool], threshold: f64, only_hi
 
 /// Plane `(a, b, c)` through the flagged pixels of a `nx × ny` box (row-major,
 /// slow outer) by (weighted) least squares. `None` when the fit is singular.
-pub fn fit_plane(values: &[f64], use_px: &[bool], nx: usize, sigma_r2: f64, weighted: bool) -> Option<[f64; 3]> {
+pub fn fit_plane(
+    values: &[f64],
+    use_px: &[bool],
+    nx: usize,
+    sigma_r2: f64,
+    weighted: bool,
+) -> Option<[f64; 3]> {
     let mut ata = [[0.0f64; 3]; 3];
     let mut atb = [0.0f64; 3];
     let mut n = 0usize;
@@ -111,7 +117,8 @@ mod tests {
     fn spot_pixels_are_not_background_and_plane_is_recovered() {
         // 9×9 box: plane 0.5·x − 0.25·y + 10 plus a bright 3×3 peak in the middle.
         let nx = 9;
-        let mut v: Vec<f64> = (0..81).map(|k| 0.5 * (k % nx) as f64 - 0.25 * (k / nx) as f64 + 10.0).collect();
+        let mut v: Vec<f64> =
+            (0..81).map(|k| 0.5 * (k % nx) as f64 - 0.25 * (k / nx) as f64 + 10.0).collect();
         for y in 3..6 {
             for x in 3..6 {
                 v[y * nx + x] += 200.0;
@@ -129,7 +136,10 @@ mod tests {
         }
         assert!(bg.iter().filter(|&&b| b).count() >= 70);
         let p = fit_plane(&v, &bg, nx, 1.0, false).unwrap();
-        assert!((p[0] - 0.5).abs() < 0.01 && (p[1] + 0.25).abs() < 0.01 && (p[2] - 10.06).abs() < 0.05, "{p:?}");
+        assert!(
+            (p[0] - 0.5).abs() < 0.01 && (p[1] + 0.25).abs() < 0.01 && (p[2] - 10.06).abs() < 0.05,
+            "{p:?}"
+        );
         let pw = fit_plane(&v, &bg, nx, 1.0, true).unwrap();
         assert!((pw[0] - 0.5).abs() < 0.01);
         assert!(fit_plane(&v, &vec![false; 81], nx, 1.0, false).is_none());

@@ -82,9 +82,8 @@ fn apply(flush: &Path) -> Result<()> {
     let cpath = flush.join(COMMIT);
     let text = std::fs::read_to_string(&cpath).map_err(|e| io_err(&cpath, e))?;
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let (src, dest) = line
-            .split_once('\t')
-            .ok_or_else(|| Error::file(&cpath, format!("malformed line `{line}`")))?;
+        let (src, dest) =
+            line.split_once('\t').ok_or_else(|| Error::file(&cpath, format!("malformed line `{line}`")))?;
         let (src, dest) = (Path::new(src), Path::new(dest));
         if src.exists() {
             if dest.exists() {
@@ -146,7 +145,8 @@ mod tests {
         // A flush killed before its COMMIT: staged file only.
         let f1 = staging_dir(root).join("rank0-1-7");
         std::fs::create_dir_all(&f1).unwrap();
-        write_replace(&f1.join("failures.parquet"), |w| write_batches(Table::Failures, &[batch(2)], w)).unwrap();
+        write_replace(&f1.join("failures.parquet"), |w| write_batches(Table::Failures, &[batch(2)], w))
+            .unwrap();
         // A flush killed after its COMMIT, before the rename.
         let f2 = staging_dir(root).join("rank0-1-8");
         std::fs::create_dir_all(&f2).unwrap();

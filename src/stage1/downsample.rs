@@ -217,12 +217,17 @@ pub fn downsample(
     let (b, a) = butter_lowpass(p.filt_order, p.filt_freq)?;
     let den = filtfilt(&b, &a, &resid)?;
     // 3. Mean per bin, edges E_min + k·Δ < E_max.
-    let (emin, emax) = energies.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &e| (lo.min(e), hi.max(e)));
+    let (emin, emax) =
+        energies.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &e| (lo.min(e), hi.max(e)));
     let n_edges = ((emax - emin) / p.delta_en).ceil() as usize;
     if n_edges < 2 {
         return Err(Error::param(
             "downsamp_spec.delta_en",
-            format!("{} eV leaves fewer than one bin across the spectrum's {:.3} eV", p.delta_en, emax - emin),
+            format!(
+                "{} eV leaves fewer than one bin across the spectrum's {:.3} eV",
+                p.delta_en,
+                emax - emin
+            ),
         ));
     }
     // numpy `arange`: element 1 is start + step, later ones start + i·(e1 − e0).
@@ -279,7 +284,10 @@ pub fn downsample(
     let wt: Vec<f64> = wt.into_iter().step_by(stride).collect();
     let total: f64 = wt.iter().sum();
     if !(total > 0.0) {
-        return Err(Error::param("downsamp_spec", "no positive weight is left after baseline removal and filtering"));
+        return Err(Error::param(
+            "downsamp_spec",
+            "no positive weight is left after baseline removal and filtering",
+        ));
     }
     let waves: Vec<f64> = en.iter().map(|&e| wavelength_a_from_energy_ev(e)).collect();
     let w: Vec<f64> = wt.iter().map(|x| x / total * total_flux).collect();

@@ -88,7 +88,8 @@ pub fn fhkl_from_mtz(path: &Path, spec: &str, default_f: f64) -> Result<FhklTabl
     let amps = mtz.amplitudes(spec).map_err(|e| Error::file(path, e.to_string()))?;
     let sg = mtz.space_group.clone().ok_or_else(|| Error::file(path, "MTZ without a space group"))?;
     let p1 = crate::symmetry::miller::expand_to_p1(&sg, &amps.hkl, amps.anomalous);
-    let prim = if sg.centring().is_some_and(|c| c != 'P') { Some(sg.change_of_basis_to_primitive()?) } else { None };
+    let prim =
+        if sg.centring().is_some_and(|c| c != 'P') { Some(sg.change_of_basis_to_primitive()?) } else { None };
     let mut hkl = Vec::with_capacity(p1.len());
     let mut f = Vec::with_capacity(p1.len());
     let mut seen = std::collections::HashMap::new();
@@ -113,7 +114,11 @@ fn count_rows(path: &Path, idx: usize) -> Result<usize> {
     let bytes = std::fs::read(path).map_err(|e| crate::error::io_err(path, e))?;
     if let Ok(raw) = crate::io::dials_refl::scan_refl(&bytes, path) {
         if let Some(c) = raw.columns.iter().find(|c| c.name == "id" && c.type_name == "int") {
-            return Ok(c.blob.chunks_exact(4).filter(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) == idx as i32).count());
+            return Ok(c
+                .blob
+                .chunks_exact(4)
+                .filter(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) == idx as i32)
+                .count());
         }
         return Ok(raw.nrows as usize);
     }
@@ -222,10 +227,9 @@ impl Pending {
 
 /// The tasks of the run, in spec-file order (shot ids computed, costs unknown).
 pub fn list_tasks(cfg: &HopperConfig) -> Result<Vec<ShotTask>> {
-    let spec = cfg
-        .exp_ref_spec_file
-        .as_ref()
-        .ok_or_else(|| Error::param("exp_ref_spec_file", "is required: the list of `expt refl` lines to refine"))?;
+    let spec = cfg.exp_ref_spec_file.as_ref().ok_or_else(|| {
+        Error::param("exp_ref_spec_file", "is required: the list of `expt refl` lines to refine")
+    })?;
     let mut entries: Vec<SpecEntry> = read_spec_file(spec)?;
     if let Some(s) = cfg.skip {
         entries = entries.into_iter().skip(s).collect();
@@ -321,8 +325,10 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
     let bar = show_bar.then(|| {
         let b = indicatif::ProgressBar::new(mine.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} shots  {elapsed_precise} (eta {eta}) {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} shots  {elapsed_precise} (eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -387,7 +393,14 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
                 }
                 Err(f) => {
                     summary.n_failed += 1;
-                    eprintln!("shot {} ({}, experiment {}): {}: {}", task.shot_id, task.entry.expt.display(), task.entry.exp_idx, f.reason, f.message);
+                    eprintln!(
+                        "shot {} ({}, experiment {}): {}: {}",
+                        task.shot_id,
+                        task.entry.expt.display(),
+                        task.entry.exp_idx,
+                        f.reason,
+                        f.message
+                    );
                 }
             }
             pending.rows.push((task, res));
@@ -395,7 +408,12 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
                 b.inc(1);
                 b.set_message(format!("{} failed", summary.n_failed));
             } else if last_log.elapsed() > Duration::from_secs(30) {
-                eprintln!("stage 1 rank {rank}: {n_done}/{} shots ({} failed), {:.0} s", mine.len(), summary.n_failed, t0.elapsed().as_secs_f64());
+                eprintln!(
+                    "stage 1 rank {rank}: {n_done}/{} shots ({} failed), {:.0} s",
+                    mine.len(),
+                    summary.n_failed,
+                    t0.elapsed().as_secs_f64()
+                );
                 last_log = Instant::now();
             }
             if pending.rows.len() >= opts.flush_every.max(1) && commit_err.is_none() {

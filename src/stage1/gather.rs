@@ -116,7 +116,12 @@ impl ShotData {
 }
 
 /// ROI box around a centroid (see the module doc). Returns `(x0, x1, y0, y1, on_edge)`.
-pub fn roi_box(centroid: [f64; 2], size: usize, n_fast: usize, n_slow: usize) -> (usize, usize, usize, usize, bool) {
+pub fn roi_box(
+    centroid: [f64; 2],
+    size: usize,
+    n_fast: usize,
+    n_slow: usize,
+) -> (usize, usize, usize, usize, bool) {
     let s = size as f64;
     let lo = |c: f64| ((c - 0.5 - s / 2.0).max(0.0)).floor();
     let hi = |c: f64, n: usize| ((c - 0.5 + s / 2.0).min(n as f64)).max(0.0).floor();
@@ -155,7 +160,12 @@ fn keep_resolution(o: &GatherOptions, refls: &ReflectionTable, i: usize, expt: &
 }
 
 /// Per-pixel trust of one panel from the image and the masks.
-fn panel_trust(expt: &Experiment, image: &Image, mask: Option<&PixelMask>, o: &GatherOptions) -> Result<Vec<Vec<bool>>> {
+fn panel_trust(
+    expt: &Experiment,
+    image: &Image,
+    mask: Option<&PixelMask>,
+    o: &GatherOptions,
+) -> Result<Vec<Vec<bool>>> {
     let det = expt.detector()?;
     let mut out = Vec::with_capacity(det.panels.len());
     for (pi, p) in det.panels.iter().enumerate() {
@@ -227,13 +237,15 @@ pub fn gather_from_image(
             bump(&mut d.rejected, "resolution");
             continue;
         }
-        let (mut x0, mut x1, mut y0, mut y1, on_edge) = roi_box([cen[i][0], cen[i][1]], o.shoebox_size, nf, ns);
+        let (mut x0, mut x1, mut y0, mut y1, on_edge) =
+            roi_box([cen[i][0], cen[i][1]], o.shoebox_size, nf, ns);
         if on_edge && o.reject_edge {
             bump(&mut d.rejected, "edge");
             continue;
         }
         let t = &trust[pid];
-        let n_bad = (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| !t[y * nf + x]).count();
+        let n_bad =
+            (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| !t[y * nf + x]).count();
         if n_bad > 4 || (n_bad > 0 && o.reject_hotpix) {
             bump(&mut d.rejected, "masked_pixels");
             continue;

@@ -79,10 +79,22 @@ impl PixelMask {
         let (np, ns, nf) = match *shape {
             [s, f] => (1, s, f),
             [p, s, f] => (p, s, f),
-            _ => return Err(Error::file(path, format!("mask shape {shape:?}: expected (panels, slow, fast) or (slow, fast)"))),
+            _ => {
+                return Err(Error::file(
+                    path,
+                    format!("mask shape {shape:?}: expected (panels, slow, fast) or (slow, fast)"),
+                ))
+            }
         };
-        if np == 0 || ns == 0 || nf == 0 || np.checked_mul(ns).and_then(|x| x.checked_mul(nf)) != Some(good.len()) {
-            return Err(Error::file(path, format!("mask shape {shape:?} does not match its {} values", good.len())));
+        if np == 0
+            || ns == 0
+            || nf == 0
+            || np.checked_mul(ns).and_then(|x| x.checked_mul(nf)) != Some(good.len())
+        {
+            return Err(Error::file(
+                path,
+                format!("mask shape {shape:?} does not match its {} values", good.len()),
+            ));
         }
         let panels = good.chunks(ns * nf).map(|c| c.to_vec()).collect();
         Ok(PixelMask { panels, shape: (ns, nf) })
@@ -115,13 +127,17 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<PixelMask> {
         Some(rest[colon + 1..].trim_start())
     };
     let descr = field("descr").ok_or_else(|| bad("no 'descr' in the header"))?;
-    let descr = descr.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or_else(|| bad("bad 'descr'"))?;
+    let descr =
+        descr.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or_else(|| bad("bad 'descr'"))?;
     let fortran = field("fortran_order").ok_or_else(|| bad("no 'fortran_order' in the header"))?;
     if fortran.starts_with("True") {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
     }
     let shape_txt = field("shape").ok_or_else(|| bad("no 'shape' in the header"))?;
-    let close = shape_txt.find(')').filter(|&c| c >= 1 && shape_txt.starts_with('(')).ok_or_else(|| bad("bad 'shape'"))?;
+    let close = shape_txt
+        .find(')')
+        .filter(|&c| c >= 1 && shape_txt.starts_with('('))
+        .ok_or_else(|| bad("bad 'shape'"))?;
     let shape: Vec<usize> = shape_txt[1..close]
         .split(',')
         .map(str::trim)
@@ -170,7 +186,10 @@ fn read_h5(path: &Path) -> Result<PixelMask> {
             let names = f.member_names().map_err(|e| Error::file(path, format!("HDF5: {e}")))?;
             let ds: Vec<_> = names.iter().filter_map(|n| f.dataset(n).ok()).collect();
             if ds.len() != 1 {
-                return Err(Error::file(path, "HDF5 mask: expected a dataset /mask (or exactly one root dataset)"));
+                return Err(Error::file(
+                    path,
+                    "HDF5 mask: expected a dataset /mask (or exactly one root dataset)",
+                ));
             }
             ds.into_iter().next().unwrap_or_else(|| unreachable!())
         }

@@ -82,8 +82,16 @@ impl Problem<'_> {
         c.ncells = v.ncells;
         c.mosaic = match self.params.eta {
             EtaMode::None => MosaicSpec::Single,
-            EtaMode::Iso => MosaicSpec::Generated { n_domains: self.params.n_domains, eta: Eta::Iso(v.eta[0]), axes: self.axes0 },
-            EtaMode::Aniso => MosaicSpec::Generated { n_domains: self.params.n_domains, eta: Eta::Aniso(v.eta), axes: self.axes0 },
+            EtaMode::Iso => MosaicSpec::Generated {
+                n_domains: self.params.n_domains,
+                eta: Eta::Iso(v.eta[0]),
+                axes: self.axes0,
+            },
+            EtaMode::Aniso => MosaicSpec::Generated {
+                n_domains: self.params.n_domains,
+                eta: Eta::Aniso(v.eta),
+                axes: self.axes0,
+            },
         };
         m.scale = 1.0;
         m.shifts.detz_shift = v.detz_shift;
@@ -106,7 +114,8 @@ impl Problem<'_> {
         let scale = self.pixel_scale(&v);
         let model: Vec<f64> =
             (0..out.values.len()).map(|i| scale[i] * out.values[i] + self.data.background[i]).collect();
-        let mut target = PixelTarget::new(&self.data.data, ReadNoise::Uniform(self.data.sigma_r2))?.with_trusted(trusted)?;
+        let mut target = PixelTarget::new(&self.data.data, ReadNoise::Uniform(self.data.sigma_r2))?
+            .with_trusted(trusted)?;
         if let Some(f) = &self.data.freq {
             target = target.with_freq(f)?;
         }
@@ -155,7 +164,13 @@ impl Problem<'_> {
 }
 
 /// A crystal model for the kernel from a U matrix and the starting values.
-pub fn base_crystal(u: Mat3, ucell: UcellParams, o_matrix: Mat3, ncells: [f64; 6], no_nabc_scale: bool) -> CrystalModel {
+pub fn base_crystal(
+    u: Mat3,
+    ucell: UcellParams,
+    o_matrix: Mat3,
+    ncells: [f64; 6],
+    no_nabc_scale: bool,
+) -> CrystalModel {
     let mut c = CrystalModel::new(u, ucell, [ncells[0], ncells[1], ncells[2]]);
     c.ncells = ncells;
     c.o_matrix = o_matrix;

@@ -182,7 +182,15 @@ pub fn build(cfg: &DiffBraggParams, _src: &Sources, init: &ShotInit) -> Result<S
     if !(init.g_init.is_finite() && init.g_init > 0.0) {
         return Err(Error::param("init.G", format!("starting scale {} must be > 0", init.g_init)));
     }
-    let g = kind_param(names::G.into(), cfg.types.g, init.g_init, cfg.mins.g, cfg.maxs.g, cfg.sigmas.g, cfg.fix.g)?;
+    let g = kind_param(
+        names::G.into(),
+        cfg.types.g,
+        init.g_init,
+        cfg.mins.g,
+        cfg.maxs.g,
+        cfg.sigmas.g,
+        cfg.fix.g,
+    )?;
     push(&mut set, restrained(g, on, cfg.centers.g, cfg.betas.g)?, Slot::G)?;
 
     let iso_ncells = cfg.simulator.crystal.has_isotropic_ncells;
@@ -296,7 +304,11 @@ pub fn build(cfg: &DiffBraggParams, _src: &Sources, init: &ShotInit) -> Result<S
         cfg.sigmas.detz_shift,
         cfg.fix.detz_shift,
     )?;
-    push(&mut set, restrained(p, on, cfg.centers.detz_shift, cfg.betas.detz_shift)?, Slot::Kernel(Param::DetzShift))?;
+    push(
+        &mut set,
+        restrained(p, on, cfg.centers.detz_shift, cfg.betas.detz_shift)?,
+        Slot::Kernel(Param::DetzShift),
+    )?;
 
     let per_roi = !cfg.fix.per_roi_scale;
     if per_roi {
@@ -306,7 +318,11 @@ pub fn build(cfg: &DiffBraggParams, _src: &Sources, init: &ShotInit) -> Result<S
         for r in 0..init.n_rois {
             let s0 = init.roi_scale_init[r];
             let s0 = if s0.is_finite() && s0 > 0.0 { s0 } else { 1.0 };
-            push(&mut set, Parameter::positive(names::scale_roi(r), s0, cfg.sigmas.roi_per_scale)?, Slot::RoiScale(r))?;
+            push(
+                &mut set,
+                Parameter::positive(names::scale_roi(r), s0, cfg.sigmas.roi_per_scale)?,
+                Slot::RoiScale(r),
+            )?;
         }
     }
     let spec_k = [Param::LambdaOffset, Param::LambdaScale];
@@ -370,7 +386,14 @@ impl ShotParams {
         Values {
             rot: [get(&names::rot(0)), get(&names::rot(1)), get(&names::rot(2))],
             g: get(names::G),
-            ncells: [nabc[0], nabc[1], nabc[2], get(&names::ndef(0)), get(&names::ndef(1)), get(&names::ndef(2))],
+            ncells: [
+                nabc[0],
+                nabc[1],
+                nabc[2],
+                get(&names::ndef(0)),
+                get(&names::ndef(1)),
+                get(&names::ndef(2)),
+            ],
             eta,
             ucell: (0..self.system.n_params()).map(|i| get(&names::ucell(i))).collect(),
             detz_shift: get(names::DETZ_SHIFT),

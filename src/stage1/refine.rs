@@ -107,7 +107,8 @@ fn filter_rois(p: &Problem, model: &[f64], trusted: &mut [bool], threshold: f64)
     if !(mad > 0.0) {
         return 0;
     }
-    let bad: Vec<bool> = sz.iter().map(|v| v.is_finite() && *v > med && 0.6745 * (v - med) / mad > threshold).collect();
+    let bad: Vec<bool> =
+        sz.iter().map(|v| v.is_finite() && *v > med && 0.6745 * (v - med) / mad > threshold).collect();
     let n_bad = bad.iter().filter(|&&b| b).count();
     if n_bad == 0 || n_bad == sz.len() {
         return 0;
@@ -209,7 +210,8 @@ fn uncertainties(
     trusted: &[bool],
     restrained: bool,
 ) -> Result<std::collections::BTreeMap<String, f64>> {
-    let mut target = PixelTarget::new(&p.data.data, ReadNoise::Uniform(p.data.sigma_r2))?.with_trusted(trusted)?;
+    let mut target =
+        PixelTarget::new(&p.data.data, ReadNoise::Uniform(p.data.sigma_r2))?.with_trusted(trusted)?;
     if let Some(f) = &p.data.freq {
         target = target.with_freq(f)?;
     }

@@ -76,7 +76,15 @@ impl RunContext {
         reference_detector: Option<Detector>,
         outdir: PathBuf,
     ) -> RunContext {
-        RunContext { cfg, fhkl, space_group, reference_detector, outdir, tag: "stage1".into(), mask: Mutex::new(None) }
+        RunContext {
+            cfg,
+            fhkl,
+            space_group,
+            reference_detector,
+            outdir,
+            tag: "stage1".into(),
+            mask: Mutex::new(None),
+        }
     }
 
     fn mask_for(&self, det: &Detector) -> Result<Option<Arc<PixelMask>>> {
@@ -165,14 +173,22 @@ pub fn shot_spectrum(
             }
         };
         let sp = src.spectrum(loc.index)?.ok_or_else(|| {
-            Error::file(&loc.path, format!("spectrum_from_imageset=True but image {} carries no spectrum", loc.index))
+            Error::file(
+                &loc.path,
+                format!("spectrum_from_imageset=True but image {} carries no spectrum", loc.index),
+            )
         })?;
         let en = sp.energies();
         let s = if c.downsamp_spec.skip {
             raw_strided(&en, &sp.weights, stride)?
         } else {
             let d = &c.downsamp_spec;
-            let p = DownsampleParams { filt_freq: d.filt_freq, filt_order: d.filt_order, tail: d.tail, delta_en: d.delta_en };
+            let p = DownsampleParams {
+                filt_freq: d.filt_freq,
+                filt_order: d.filt_order,
+                tail: d.tail,
+                delta_en: d.delta_en,
+            };
             downsample(&en, &sp.weights, &p, stride, total)?
         };
         return Ok((s, "imageset", Some(loc.path.to_string_lossy().into_owned())));
@@ -187,8 +203,9 @@ pub fn shot_spectrum(
         let e0 = EV_ANGSTROM / beam.wavelength;
         let half = n as f64 / 2.0 * g.res;
         let sig = g.fwhm / 2.35482;
-        let en: Vec<f64> =
-            (0..n).map(|i| if n == 1 { e0 } else { e0 - half + 2.0 * half * i as f64 / (n - 1) as f64 }).collect();
+        let en: Vec<f64> = (0..n)
+            .map(|i| if n == 1 { e0 } else { e0 - half + 2.0 * half * i as f64 / (n - 1) as f64 })
+            .collect();
         let w: Vec<f64> = en.iter().map(|e| (-0.5 * ((e - e0) / sig).powi(2)).exp()).collect();
         let s = Spectrum::from_energies(&en, w).normalized_to(1e12);
         return Ok((s, "gaussian", None));
@@ -228,7 +245,9 @@ pub fn shot_reflections(table: &ReflectionTable, exp_idx: usize) -> Result<Refle
 
 fn file_stem(p: &Path) -> String {
     let s = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "shot".into());
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect()
 }
 
 /// Read and prepare one shot (everything before the fit).
@@ -237,7 +256,10 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
     let entry = &task.entry;
     let mut list = ExperimentList::read_one(&entry.expt, entry.exp_idx).map_err(fail("bad_input"))?;
     if list.experiments.is_empty() {
-        return Err(ShotFailure { reason: "bad_input", message: format!("{}: no experiment {}", entry.expt.display(), entry.exp_idx) });
+        return Err(ShotFailure {
+            reason: "bad_input",
+            message: format!("{}: no experiment {}", entry.expt.display(), entry.exp_idx),
+        });
     }
     if let Some(d) = &ctx.reference_detector {
         let e = &mut list.experiments[0];
@@ -250,7 +272,10 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
     let table = crate::io::dials_refl::read_refl(&entry.refl).map_err(fail("bad_input"))?;
     let refls = shot_reflections(&table, entry.exp_idx).map_err(fail("bad_input"))?;
     if refls.nrows() == 0 {
-        return Err(ShotFailure { reason: "no_reflections", message: format!("{}: no rows with id {}", entry.refl.display(), entry.exp_idx) });
+        return Err(ShotFailure {
+            reason: "no_reflections",
+            message: format!("{}: no rows with id {}", entry.refl.display(), entry.exp_idx),
+        });
     }
     // The image file is opened once, for the pixels and (if asked) the spectrum.
     let needs_image = !cfg.refiner.load_data_from_refl || cfg.spectrum_from_imageset;
@@ -261,7 +286,8 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
         None
     };
     let (spectrum, spec_source, spec_file) =
-        shot_spectrum(ctx, &expt_in, entry, image_src.as_ref().map(|(s, _)| s.as_ref())).map_err(fail("bad_spectrum"))?;
+        shot_spectrum(ctx, &expt_in, entry, image_src.as_ref().map(|(s, _)| s.as_ref()))
+            .map_err(fail("bad_spectrum"))?;
     spectrum.validate().map_err(|m| ShotFailure { reason: "bad_spectrum", message: m })?;
     let mean_wave = spectrum.mean_wavelength();
 
@@ -271,14 +297,20 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
     let data = if cfg.refiner.load_data_from_refl {
         gather_from_shoeboxes(&expt_in, &refls, mask.as_deref(), &gopt).map_err(fail("bad_input"))?
     } else {
-        let (src, index) = image_src.as_ref().ok_or_else(|| ShotFailure { reason: "bad_input", message: "no image".into() })?;
+        let (src, index) = image_src
+            .as_ref()
+            .ok_or_else(|| ShotFailure { reason: "bad_input", message: "no image".into() })?;
         let img = src.read_image(*index).map_err(fail("bad_image"))?;
         gather_from_image(&expt_in, &refls, &img, mask.as_deref(), &gopt).map_err(fail("bad_image"))?
     };
     if data.rois.is_empty() || data.n_trusted() == 0 {
         return Err(ShotFailure {
             reason: "no_rois",
-            message: format!("no usable ROI among {} reflections (rejected: {:?})", refls.nrows(), data.rejected),
+            message: format!(
+                "no usable ROI among {} reflections (rejected: {:?})",
+                refls.nrows(),
+                data.rejected
+            ),
         });
     }
 
@@ -331,7 +363,13 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
         let raw = kernel_eval(&m0, &ctx.fhkl, &[], &data.pixels).map_err(fail("model_failed"))?;
         let scaled: Vec<f64> =
             raw.values.iter().zip(&data.roi_of).map(|(r, &k)| r * data.roi_scale_init[k as usize]).collect();
-        match crate::refine::likelihood::least_squares_scale(&scaled, &data.data, &data.background, None, Some(&data.trusted)) {
+        match crate::refine::likelihood::least_squares_scale(
+            &scaled,
+            &data.data,
+            &data.background,
+            None,
+            Some(&data.trusted),
+        ) {
             Ok(g) if g > 0.0 => g,
             _ => cfg.init.g,
         }
@@ -424,7 +462,10 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
     let problem = Problem { data: &data, base: &base, fhkl: &ctx.fhkl, params: &params, axes0 };
     let x0 = params.set.x0();
     let fit: Fit = if x0.is_empty() {
-        return Err(ShotFailure { reason: "bad_config", message: "every parameter is fixed: nothing to refine".into() });
+        return Err(ShotFailure {
+            reason: "bad_config",
+            message: "every parameter is fixed: nothing to refine".into(),
+        });
     } else {
         refine(&problem, cfg, &x0).map_err(fail("refinement_failed"))?
     };
@@ -432,8 +473,11 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
 
     // Refined models.
     let u_ref = rot_xyz(v.rot[0], v.rot[1], v.rot[2]) * u0;
-    let cell_ref = crate::ucell::UcellParams::new(system, v.ucell.clone()).map_err(fail("refinement_failed"))?.unit_cell();
-    let mut crystal_out = crate::crystal::Crystal::from_u_and_cell(&u_ref, &cell_ref, &crystal.space_group_hall);
+    let cell_ref = crate::ucell::UcellParams::new(system, v.ucell.clone())
+        .map_err(fail("refinement_failed"))?
+        .unit_cell();
+    let mut crystal_out =
+        crate::crystal::Crystal::from_u_and_cell(&u_ref, &cell_ref, &crystal.space_group_hall);
     crystal_out.ml_half_mosaicity_deg = crystal.ml_half_mosaicity_deg;
     crystal_out.ml_domain_size_ang = crystal.ml_domain_size_ang;
     crystal_out.mosaicity = crystal.mosaicity;
@@ -460,15 +504,19 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
     let expt_path = ctx.outdir.join("expers").join(format!("{base_name}.expt"));
     let refl_path = ctx.outdir.join("refls").join(format!("{base_name}.refl"));
     for d in [expt_path.parent(), refl_path.parent()].into_iter().flatten() {
-        std::fs::create_dir_all(d).map_err(|e| ShotFailure { reason: "output_failed", message: format!("{}: {e}", d.display()) })?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| ShotFailure { reason: "output_failed", message: format!("{}: {e}", d.display()) })?;
     }
     list.write(&expt_path).map_err(fail("output_failed"))?;
     crate::io::dials_refl::write_refl(&refl_path, &refl_out).map_err(fail("output_failed"))?;
 
     // Residuals: input vs refined, DIALS stills re-prediction of the same rows.
     let used = refls.contains("flags")
-        && refls.get_size("flags").is_ok_and(|f| f.iter().any(|&v| v & crate::reflections::flags::USED_IN_REFINEMENT != 0));
-    let ev_opts = EvalOptions { cal_source: CalSource::Repredict, wavelength: None, used_in_refinement_only: used };
+        && refls
+            .get_size("flags")
+            .is_ok_and(|f| f.iter().any(|&v| v & crate::reflections::flags::USED_IN_REFINEMENT != 0));
+    let ev_opts =
+        EvalOptions { cal_source: CalSource::Repredict, wavelength: None, used_in_refinement_only: used };
     let mut residuals = Vec::new();
     if let Ok(ev) = evaluate_shot(&expt_in, &refls, task.shot_id, ModelKind::Input, &ev_opts) {
         residuals.extend(ev.rows);
@@ -480,10 +528,18 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
     // Table rows.
     let wall = t0.elapsed().as_secs_f64();
     let canonical = PathBuf::from(&task.exp_name);
-    let mut erow = crate::store::ExperimentRow::from_models(task.shot_id, &canonical, entry.exp_idx, &beam, &det_in, &crystal)
-        .map_err(fail("output_failed"))?;
+    let mut erow = crate::store::ExperimentRow::from_models(
+        task.shot_id,
+        &canonical,
+        entry.exp_idx,
+        &beam,
+        &det_in,
+        &crystal,
+    )
+    .map_err(fail("output_failed"))?;
     erow.identifier = (!expt_in.identifier.is_empty()).then(|| expt_in.identifier.clone());
-    erow.refl_name = Some(std::fs::canonicalize(&entry.refl).unwrap_or(entry.refl.clone()).to_string_lossy().into_owned());
+    erow.refl_name =
+        Some(std::fs::canonicalize(&entry.refl).unwrap_or(entry.refl.clone()).to_string_lossy().into_owned());
     if let Ok(loc) = expt_in.image_location() {
         erow.image_file = Some(loc.path.to_string_lossy().into_owned());
         erow.image_index = Some(loc.index as i64);
@@ -502,8 +558,12 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
     for (i, pname) in system.param_names().iter().enumerate() {
         if let Some(s) = sig(&names::ucell(i)) {
             let targets: &[usize] = match (*pname, system) {
-                ("a", crate::ucell::LatticeSystem::Tetragonal | crate::ucell::LatticeSystem::Hexagonal) => &[0, 1],
-                ("a", crate::ucell::LatticeSystem::Rhombohedral | crate::ucell::LatticeSystem::Cubic) => &[0, 1, 2],
+                ("a", crate::ucell::LatticeSystem::Tetragonal | crate::ucell::LatticeSystem::Hexagonal) => {
+                    &[0, 1]
+                }
+                ("a", crate::ucell::LatticeSystem::Rhombohedral | crate::ucell::LatticeSystem::Cubic) => {
+                    &[0, 1, 2]
+                }
                 ("alpha", crate::ucell::LatticeSystem::Rhombohedral) => &[3, 4, 5],
                 ("a", _) => &[0],
                 ("b", _) => &[1],
@@ -575,7 +635,10 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
             }
             s.map_or(Value::Null, f64s)
         }),
-        ("sigma_cell", if sigma_cell.iter().any(|x| x.is_finite()) { f64s(sigma_cell.to_vec()) } else { Value::Null }),
+        (
+            "sigma_cell",
+            if sigma_cell.iter().any(|x| x.is_finite()) { f64s(sigma_cell.to_vec()) } else { Value::Null },
+        ),
         ("sigma_eta_abc", sig3(&names::eta_abc).map_or(Value::Null, f64s)),
         ("sigma_detz_shift_mm", sig(names::DETZ_SHIFT).map_or(Value::Null, Value::from)),
     ];

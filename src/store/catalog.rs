@@ -45,13 +45,15 @@ const FINGERPRINT_FILE: &str = "catalog.duckdb.fingerprint";
 pub const SCHEMA_FILE: &str = "_schema.parquet";
 
 /// The views of `sql/`, in execution order (a view may use those before it).
-pub const SQL_VIEWS: [(&str, &str); 6] = [
+pub const SQL_VIEWS: [(&str, &str); 8] = [
     ("sql/10_failures_by_reason.sql", include_str!("../../sql/10_failures_by_reason.sql")),
     ("sql/10_reflections_per_shot.sql", include_str!("../../sql/10_reflections_per_shot.sql")),
     ("sql/10_shot_id_collisions.sql", include_str!("../../sql/10_shot_id_collisions.sql")),
     ("sql/10_spectra_per_shot.sql", include_str!("../../sql/10_spectra_per_shot.sql")),
     ("sql/20_shot_summary.sql", include_str!("../../sql/20_shot_summary.sql")),
     ("sql/30_report_residuals.sql", include_str!("../../sql/30_report_residuals.sql")),
+    ("sql/stage1_convergence.sql", include_str!("../../sql/stage1_convergence.sql")),
+    ("sql/stage1_summary.sql", include_str!("../../sql/stage1_summary.sql")),
 ];
 
 /// A string as a SQL literal.

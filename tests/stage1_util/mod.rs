@@ -11,7 +11,14 @@ use diffbragg::synth::{generate, SynthOptions, Truth};
 
 /// A small dataset: `shots` shots on a `pixels`² detector at `distance` mm with
 /// `channels` spectral channels.
-pub fn small(dir: &Path, shots: usize, seed: u64, pixels: usize, distance: f64, channels: usize) -> Vec<Truth> {
+pub fn small(
+    dir: &Path,
+    shots: usize,
+    seed: u64,
+    pixels: usize,
+    distance: f64,
+    channels: usize,
+) -> Vec<Truth> {
     let o = SynthOptions {
         out: dir.to_path_buf(),
         shots,
@@ -30,7 +37,8 @@ pub fn config(phil: &Path, overrides: &[String]) -> HopperConfig {
 }
 
 pub fn run_stage1(cfg: HopperConfig) -> RunSummary {
-    run(cfg, &SingleProcess, &RunOptions { flush_every: 4, progress: Some(false), verbose: false }).expect("stage 1")
+    run(cfg, &SingleProcess, &RunOptions { flush_every: 4, progress: Some(false), verbose: false })
+        .expect("stage 1")
 }
 
 pub fn outdir_arg(p: &Path) -> String {
