@@ -82,6 +82,9 @@ fn user_stage_one_phil_runs_with_paths_overridden() {
     println!("{err}");
     assert!(o.status.success(), "stage 1 failed:\n{err}");
     assert!(err.contains("1 refined, 0 failed"), "{err}");
+    let store = diffbragg::store::Store::open(&out).unwrap();
+    let q = store.query("SELECT status, n_evals, sigz, spot_scales, ncells FROM shot_params").unwrap();
+    println!("{}", arrow::util::pretty::pretty_format_batches(&q.batches).unwrap());
     // Every parameter set in the user's file: honoured, or named in a warning.
     let (cfg, _) = diffbragg::config::HopperConfig::load(&[phil.clone()], &[]).unwrap();
     let set: BTreeSet<&String> = cfg.sources.0.keys().collect();

@@ -33,6 +33,10 @@ pub struct HopperArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Refine one shot at a time (parallel only inside the kernel) instead of
+    /// several shots at once.
+    #[arg(long)]
+    pub serial_shots: bool,
 }
 
 /// Recognised, implemented-elsewhere parameters that stage 1 does not use,
@@ -87,6 +91,7 @@ pub fn run(a: HopperArgs) -> anyhow::Result<()> {
             flush_every: a.flush_every,
             progress: a.no_progress.then_some(false),
             verbose: a.verbose,
+            serial_shots: a.serial_shots,
         };
         let s = run_stage1(cfg, comm.as_ref(), &opts)?;
         if comm.is_root() || a.verbose {

@@ -47,11 +47,14 @@ pub struct RunOptions {
     pub progress: Option<bool>,
     /// Print per-shot lines.
     pub verbose: bool,
+    /// One shot at a time (the kernel's pixel loop still uses every thread)
+    /// instead of several shots in parallel.
+    pub serial_shots: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { flush_every: 8, progress: None, verbose: false }
+        RunOptions { flush_every: 8, progress: None, verbose: false, serial_shots: false }
     }
 }
 
@@ -347,8 +350,9 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
     std::thread::scope(|s| {
         let ctx = &ctx;
         let mine = &mine;
+        let serial = opts.serial_shots;
         s.spawn(move || {
-            mine.par_iter().for_each_with(tx, |tx, task| {
+            let one = |tx: &mut mpsc::Sender<Outcome>, task: &ShotTask| {
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process_shot(ctx, task)))
                     .unwrap_or_else(|p| {
                         let msg = p
@@ -359,7 +363,15 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
                         Err(ShotFailure { reason: "panic", message: format!("internal error: {msg}") })
                     });
                 let _ = tx.send((task.clone(), res));
-            });
+            };
+            if serial {
+                let mut tx = tx;
+                for task in mine.iter() {
+                    one(&mut tx, task);
+                }
+            } else {
+                mine.par_iter().for_each_with(tx, one);
+            }
         });
         let mut pending = Pending { tag: tag.clone(), rows: Vec::new() };
         let mut last_log = Instant::now();

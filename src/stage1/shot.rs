@@ -685,14 +685,21 @@ fn refined_reflections(
         let old = t.get_vec3("xyzcal.mm")?.to_vec();
         t.insert("dials.xyzcal.mm", old)?;
     }
+    // xyzcal.mm through the panel's px→mm strategy (parallax where the file
+    // says so), as DIALS readers expect; the pixel position itself is
+    // diffBragg's model centroid (no parallax, fwd-model §1.2 [TRAP]).
     let det = expt_out.detector()?;
+    let pxmm = crate::report::deltapsi::PxMm::for_detector(det, &expt_out.detector_meta)
+        .unwrap_or_else(|_| vec![crate::report::deltapsi::PxMm::Simple; det.panels.len()]);
     let panel = t.get_size("panel")?.to_vec();
     let mut cal_mm = vec![[f64::NAN; 3]; n];
     for i in 0..n {
-        if let Some(p) = det.panels.get(panel[i] as usize) {
+        let pi = panel[i] as usize;
+        if let (Some(p), Some(m)) = (det.panels.get(pi), pxmm.get(pi)) {
             if cal[i][0].is_finite() {
-                let (x, y) = p.pixel_to_mm(cal[i][0], cal[i][1]);
-                cal_mm[i] = [x, y, 0.0];
+                if let Some([x, y]) = m.px_to_mm(p, [cal[i][0], cal[i][1]]) {
+                    cal_mm[i] = [x, y, 0.0];
+                }
             }
         }
     }

@@ -37,8 +37,12 @@ pub fn config(phil: &Path, overrides: &[String]) -> HopperConfig {
 }
 
 pub fn run_stage1(cfg: HopperConfig) -> RunSummary {
-    run(cfg, &SingleProcess, &RunOptions { flush_every: 4, progress: Some(false), verbose: false })
-        .expect("stage 1")
+    run(
+        cfg,
+        &SingleProcess,
+        &RunOptions { flush_every: 4, progress: Some(false), verbose: false, serial_shots: false },
+    )
+    .expect("stage 1")
 }
 
 pub fn outdir_arg(p: &Path) -> String {
