@@ -449,6 +449,9 @@ space_group = \"{sg}\"\n\
 spectrum_from_imageset = True\n\
 downsamp_spec {{\n  delta_en = {de}\n}}\n\
 init {{\n  Nabc = {n0} {n1} {n2}\n}}\n\
+# G from the least-squares start, mapped exp(σ(x−1)): the default sine map over [0, 1e12]\n\
+# starts near its turning point (fwd-model §4.5 [TRAP]) and can throw the first steps far.\n\
+types {{\n  G = positive\n}}\n\
 fix {{\n  detz_shift = True\n}}\n\
 refiner {{\n  sigma_r = {sr}\n  adu_per_photon = {adu}\n}}\n\
 roi {{\n  shoebox_size = {sb}\n  fit_tilt = True\n  pad_shoebox_for_background_estimation = 5\n  reject_edge_reflections = True\n}}\n\

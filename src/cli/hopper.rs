@@ -86,6 +86,12 @@ pub fn run(a: HopperArgs) -> anyhow::Result<()> {
             if let Some(w) = stage1_unused(&cfg) {
                 eprintln!("warning: {w}");
             }
+            if !cfg.sources.is_set("types.G") && !cfg.fix.g {
+                eprintln!(
+                    "note: types.G=ranged (the default) maps G by a sine over [mins.G, maxs.G]; far below maxs.G it \
+                     starts near the turning point and early steps can overshoot (types.G=positive is better behaved)"
+                );
+            }
         }
         let opts = RunOptions {
             flush_every: a.flush_every,

@@ -8,10 +8,11 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 pub struct MpiComm {
-    // Dropping the universe finalises MPI; it lives as long as the communicator.
-    _universe: mpi::environment::Universe,
     world: SimpleCommunicator,
     shared: SimpleCommunicator,
+    // Dropping the universe finalises MPI. Fields drop in declaration order, so
+    // it comes last: the communicators must be freed before MPI_Finalize.
+    _universe: mpi::environment::Universe,
 }
 
 impl MpiComm {
@@ -19,7 +20,7 @@ impl MpiComm {
         let universe = mpi::initialize().expect("MPI was already initialised");
         let world = universe.world();
         let shared = world.split_shared(world.rank());
-        MpiComm { _universe: universe, world, shared }
+        MpiComm { world, shared, _universe: universe }
     }
 }
 
