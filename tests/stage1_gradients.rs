@@ -51,8 +51,8 @@ fn gradients_match_finite_differences() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     stage1_util::small(d, 1, 7, 256, 40.0, 8);
-    // Default set (rot, G ranged, Nabc, cell) plus detz and the spectrum correction.
-    check(d, &["fix.detz_shift=False", "fix.spec=False"]);
+    // The default maps (rot, G and N ranged, cell) plus detz and the spectrum correction.
+    check(d, &["types.G=ranged", "fix.detz_shift=False", "fix.spec=False"]);
     // Positive maps, isotropic N, per-ROI scales, restraints on.
     check(
         d,

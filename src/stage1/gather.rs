@@ -22,7 +22,9 @@
 //!   ROIs block their neighbours; we do not. With overlaps allowed, each
 //!   pixel's likelihood is divided by the number of ROIs that contain it.
 //! * Hot-pixel mask: true = good (see [`super::mask`]); an ROI with more than 4
-//!   masked pixels is always rejected, with any if `reject_roi_with_hotpix`.
+//!   pixels bad in that mask is always rejected, with any if
+//!   `reject_roi_with_hotpix`. Other untrusted pixels (trusted range, the
+//!   panel's masked rectangles) are only left out of the target.
 //! * Trusted pixels: good in the hot-pixel mask, outside the panel's untrusted
 //!   rectangles, strictly inside the trusted range when
 //!   `mask_outside_trusted_range` (raw ADU, exclusive bounds as diffBragg),
@@ -159,15 +161,17 @@ fn keep_resolution(o: &GatherOptions, refls: &ReflectionTable, i: usize, expt: &
     }
 }
 
-/// Per-pixel trust of one panel from the image and the masks.
+/// Per-pixel trust of every panel from the image and the masks, and (second)
+/// the hot-pixel mask alone, which is what the ROI rejection rule counts.
 fn panel_trust(
     expt: &Experiment,
     image: &Image,
     mask: Option<&PixelMask>,
     o: &GatherOptions,
-) -> Result<Vec<Vec<bool>>> {
+) -> Result<(Vec<Vec<bool>>, Vec<Vec<bool>>)> {
     let det = expt.detector()?;
     let mut out = Vec::with_capacity(det.panels.len());
+    let mut hot = Vec::with_capacity(det.panels.len());
     for (pi, p) in det.panels.iter().enumerate() {
         let (nf, ns) = (p.image_size[0], p.image_size[1]);
         let raw = image.panel(pi).data();
@@ -196,8 +200,9 @@ fn panel_trust(
             }
         }
         out.push(t);
+        hot.push(mask.map_or_else(|| vec![true; nf * ns], |m| m.panels[pi].clone()));
     }
-    Ok(out)
+    Ok((out, hot))
 }
 
 /// ROIs, background and data from the shot's image (`image` in raw file units).
@@ -217,7 +222,7 @@ pub fn gather_from_image(
     let cen = refls.get_vec3(col).map_err(|e| Error::msg(format!("roi.centroid needs `{col}`: {e}")))?;
     let panel = refls.get_size("panel")?;
     let scale0 = refls.get_double("scale_factor").ok();
-    let trust = panel_trust(expt, image, mask, o)?;
+    let (trust, hot) = panel_trust(expt, image, mask, o)?;
     let sigma_r2 = (o.sigma_r / o.adu_per_photon).powi(2);
     let mut occupied: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
     let mut d = ShotData { sigma_r2, ..Default::default() };
@@ -244,28 +249,28 @@ pub fn gather_from_image(
             continue;
         }
         let t = &trust[pid];
+        let h = &hot[pid];
         let n_bad =
-            (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| !t[y * nf + x]).count();
+            (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| !h[y * nf + x]).count();
         if n_bad > 4 || (n_bad > 0 && o.reject_hotpix) {
             bump(&mut d.rejected, "masked_pixels");
             continue;
         }
         if !o.allow_overlaps {
             let occ = occupied.entry(pid).or_insert_with(|| vec![0; nf * ns]);
-            let mut pass = 0usize;
             loop {
                 let hit = (y0..y1).any(|y| (x0..x1).any(|x| occ[y * nf + x] != 0));
                 if !hit || x1 <= x0 || y1 <= y0 {
                     break;
                 }
-                if (x0 + x1 + pass) % 2 == 1 {
+                // Alternate corners: the parity of x0 + x1 flips with every shrink.
+                if (x0 + x1) % 2 == 1 {
                     x0 += 1;
                     y0 += 1;
                 } else {
                     x1 = x1.saturating_sub(1);
                     y1 = y1.saturating_sub(1);
                 }
-                pass += 1;
             }
         }
         if x1 < x0 + 2 || y1 < y0 + 2 {
@@ -453,6 +458,66 @@ pub fn gather_from_shoeboxes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::{Beam, Detector, Panel};
+    use crate::image::PanelImage;
+
+    /// A 40×30 panel with a flat background of 10 and two bright spots.
+    fn setup() -> (Experiment, Image, ReflectionTable) {
+        let det = Detector {
+            panels: vec![Panel {
+                image_size: [40, 30],
+                trusted_range: [-10.0, 1000.0],
+                ..Default::default()
+            }],
+            hierarchy: None,
+        };
+        let mut e = Experiment::new("t", Beam::default(), det);
+        e.crystal = None;
+        let mut img = vec![10.0; 40 * 30];
+        for (k, v) in img.iter_mut().enumerate() {
+            *v += ((k * 7919) % 5) as f64 * 0.5; // a little texture, so the MAD is not 0
+        }
+        img[15 * 40 + 12] = 500.0;
+        img[15 * 40 + 19] = 2000.0; // saturated: above the trusted range
+        let image = Image::new(vec![PanelImage::new(30, 40, img).unwrap()]);
+        let mut t = ReflectionTable::new(3);
+        t.insert("panel", vec![0u64; 3]).unwrap();
+        t.insert("xyzobs.px.value", vec![[12.5, 15.5, 0.5], [19.5, 15.5, 0.5], [39.6, 15.5, 0.5]]).unwrap();
+        (e, image, t)
+    }
+
+    #[test]
+    fn overlaps_shrink_trusted_range_masks_pixels_and_hot_pixels_reject() {
+        let (e, img, t) = setup();
+        let o = GatherOptions {
+            shoebox_size: 8,
+            mask_outside_trusted: true,
+            reject_edge: false,
+            ..Default::default()
+        };
+        let d = gather_from_image(&e, &t, &img, None, &o).unwrap();
+        // Both spots kept; the second ROI shrank until it no longer overlaps the first.
+        assert_eq!(d.roi_refl[..2], [0, 1], "rejected: {:?}", d.rejected);
+        let (a, b) = (d.rois[0], d.rois[1]);
+        assert_eq!((a.x0, a.x1), (8, 16));
+        assert!(b.x0 >= a.x1, "{a:?} {b:?}");
+        // The saturated pixel is in the second ROI but only untrusted, not a rejection.
+        let k = d.pixels.iter().position(|p| (p.fast, p.slow) == (19, 15)).unwrap();
+        assert!(!d.trusted[k]);
+        // The third ROI reaches the panel's last column (the reference stops one short).
+        assert_eq!(d.rois[2].x1, 40);
+        // Background: the median of the flat part, not pulled up by the spot.
+        assert!((d.planes[0].c - 11.0).abs() < 1.0, "{:?}", d.planes[0]);
+        // A hot pixel (mask false) inside the first ROI rejects it by default.
+        let mut m = PixelMask { panels: vec![vec![true; 1200]], shape: (30, 40) };
+        m.panels[0][14 * 40 + 11] = false;
+        let d2 = gather_from_image(&e, &t, &img, Some(&m), &o).unwrap();
+        assert_eq!(d2.rejected.get("masked_pixels"), Some(&1));
+        assert!(!d2.roi_refl.contains(&0));
+        let keep = GatherOptions { reject_hotpix: false, ..o };
+        let d3 = gather_from_image(&e, &t, &img, Some(&m), &keep).unwrap();
+        assert!(d3.roi_refl.contains(&0));
+    }
 
     #[test]
     fn roi_box_reaches_the_last_column_and_flags_edges() {
