@@ -86,7 +86,7 @@ fn user_stage_one_phil_runs_with_paths_overridden() {
     let q = store.query("SELECT status, n_evals, sigz, spot_scales, ncells FROM shot_params").unwrap();
     println!("{}", arrow::util::pretty::pretty_format_batches(&q.batches).unwrap());
     // Every parameter set in the user's file: honoured, or named in a warning.
-    let (cfg, _) = diffbragg::config::HopperConfig::load(&[phil.clone()], &[]).unwrap();
+    let (cfg, _) = diffbragg::config::HopperConfig::load(std::slice::from_ref(&phil), &[]).unwrap();
     let set: BTreeSet<&String> = cfg.sources.0.keys().collect();
     assert!(set.len() >= 30, "{set:?}");
     let warnings: String =

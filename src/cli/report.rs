@@ -33,6 +33,7 @@ pub struct ReportArgs {
 }
 
 /// The `residuals` rows of a store.
+#[allow(clippy::needless_range_loop)]
 pub fn read_residuals(store: &Store) -> Result<Vec<ResidualRow>> {
     let mut out = Vec::new();
     for b in store.read(Table::Residuals, None)? {

@@ -128,7 +128,7 @@ mod tests {
         for (k, x) in v.iter_mut().enumerate() {
             *x += 0.01 * ((k * 7919) % 13) as f64;
         }
-        let bg = label_background(&v, &vec![true; 81], 3.5, true);
+        let bg = label_background(&v, &[true; 81], 3.5, true);
         for y in 3..6 {
             for x in 3..6 {
                 assert!(!bg[y * nx + x]);
@@ -142,6 +142,6 @@ mod tests {
         );
         let pw = fit_plane(&v, &bg, nx, 1.0, true).unwrap();
         assert!((pw[0] - 0.5).abs() < 0.01);
-        assert!(fit_plane(&v, &vec![false; 81], nx, 1.0, false).is_none());
+        assert!(fit_plane(&v, &[false; 81], nx, 1.0, false).is_none());
     }
 }

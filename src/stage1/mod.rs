@@ -22,6 +22,10 @@
 //! * G keeps diffBragg's meaning (fluence with 1/N_src, [`model`]).
 //! * detz_shift is in mm everywhere, restraint centre included ([`params`]).
 
+// `!(x > 0.0)` is deliberate (it also rejects NaN); index loops keep the
+// numerical summation order explicit.
+#![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop, clippy::type_complexity)]
+
 pub mod background;
 pub mod commit;
 pub mod downsample;
