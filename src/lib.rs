@@ -8,6 +8,7 @@
 //! * [`error`]: errors that name the file, row or parameter.
 //! * [`config`]: phil files and overrides → typed, validated configuration.
 
+#[doc(hidden)]
 pub mod cli;
 pub mod config;
 pub mod conventions;
@@ -27,9 +28,10 @@ pub mod reflections;
 pub mod report;
 pub mod simulate;
 pub mod spectrum;
+pub mod stage1;
 pub mod stage2;
 pub mod store;
 pub mod symmetry;
-pub mod ucell;
-#[doc(hidden)]
+pub mod synth;
 pub mod testutil;
+pub mod ucell;

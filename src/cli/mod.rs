@@ -7,10 +7,13 @@
 pub mod bench;
 pub mod config;
 pub mod ens_hopper;
+pub mod hopper;
 pub mod import;
 pub mod integrate;
+pub mod report;
 pub mod simulate;
 pub mod sql;
+pub mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +44,12 @@ pub enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// Stage 2: refine structure factors globally over all shots (ens.hopper).
     EnsHopper(ens_hopper::EnsHopperArgs),
+    /// Stage 1: per-shot pixel refinement (diffBragg's hopper).
+    Hopper(hopper::HopperArgs),
+    /// Generate a synthetic stage-1 dataset with known truth.
+    Synth(synth::SynthArgs),
+    /// Stage-1 diagnostics of an output folder: per-panel residuals and Δψ, PNGs, summary.
+    Report(report::ReportArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -58,5 +67,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Residuals(a) => Ok(crate::report::cli::run(&a)?),
         Command::Simulate(a) => simulate::run(*a),
         Command::EnsHopper(a) => ens_hopper::run(a),
+        Command::Hopper(a) => hopper::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Report(a) => report::run(a),
     }
 }

@@ -10,8 +10,8 @@ use mpi::traits::*;
 pub struct MpiComm {
     world: SimpleCommunicator,
     shared: SimpleCommunicator,
-    // Dropping the universe finalises MPI. Fields drop in declaration order,
-    // so it comes last: `shared` must be freed before MPI_Finalize.
+    // Dropping the universe finalises MPI. Fields drop in declaration order, so
+    // it comes last: the communicators must be freed before MPI_Finalize.
     _universe: mpi::environment::Universe,
 }
 

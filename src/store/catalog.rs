@@ -45,7 +45,7 @@ const FINGERPRINT_FILE: &str = "catalog.duckdb.fingerprint";
 pub const SCHEMA_FILE: &str = "_schema.parquet";
 
 /// The views of `sql/`, in execution order (a view may use those before it).
-pub const SQL_VIEWS: [(&str, &str); 12] = [
+pub const SQL_VIEWS: [(&str, &str); 14] = [
     ("sql/10_failures_by_reason.sql", include_str!("../../sql/10_failures_by_reason.sql")),
     ("sql/10_reflections_per_shot.sql", include_str!("../../sql/10_reflections_per_shot.sql")),
     ("sql/10_shot_id_collisions.sql", include_str!("../../sql/10_shot_id_collisions.sql")),
@@ -55,6 +55,8 @@ pub const SQL_VIEWS: [(&str, &str); 12] = [
     ("sql/predict_match_distances.sql", include_str!("../../sql/predict_match_distances.sql")),
     ("sql/predict_per_shot.sql", include_str!("../../sql/predict_per_shot.sql")),
     ("sql/predict_summary.sql", include_str!("../../sql/predict_summary.sql")),
+    ("sql/stage1_convergence.sql", include_str!("../../sql/stage1_convergence.sql")),
+    ("sql/stage1_summary.sql", include_str!("../../sql/stage1_summary.sql")),
     ("sql/stage2_convergence.sql", include_str!("../../sql/stage2_convergence.sql")),
     ("sql/stage2_fhkl_final.sql", include_str!("../../sql/stage2_fhkl_final.sql")),
     ("sql/stage2_shot_scales.sql", include_str!("../../sql/stage2_shot_scales.sql")),
