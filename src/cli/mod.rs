@@ -26,30 +26,30 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print version and build information.
-    Info,
-    /// Inspect configuration: effective values of phil files, or one parameter's documentation.
-    Config(config::ConfigArgs),
+    /// Stage 1: per-shot pixel refinement (diffBragg's hopper).
+    Hopper(hopper::HopperArgs),
+    /// Predict spots from stage-1 models and label them against the data (diffBragg.integrate).
+    Integrate(integrate::IntegrateArgs),
+    /// Stage 2: refine structure factors globally over all shots (ens.hopper).
+    EnsHopper(ens_hopper::EnsHopperArgs),
+    /// Diagnostics of an output folder: stage-1 residuals and Δψ per panel, predictions, stage-2 convergence and CC.
+    Report(report::ReportArgs),
+    /// Generate a synthetic stage-1 dataset with known truth.
+    Synth(synth::SynthArgs),
     /// Import DIALS experiments and reflections (and .lam spectra) into a store's tables.
     Import(import::ImportArgs),
     /// Run one SQL query over a store's tables and views.
     Sql(sql::SqlArgs),
-    /// Predict spots from stage-1 models and label them against the data (diffBragg.integrate).
-    Integrate(integrate::IntegrateArgs),
-    /// Benchmarks (`bench kernel`).
-    Bench(bench::BenchArgs),
     /// Detector residuals and Δψ per panel, input vs refined models (text, CSV, PNG).
     Residuals(crate::report::cli::ResidualsArgs),
     /// Render one shot with the forward model into an HDF5 image and a matching .expt.
     Simulate(Box<simulate::SimulateArgs>),
-    /// Stage 2: refine structure factors globally over all shots (ens.hopper).
-    EnsHopper(ens_hopper::EnsHopperArgs),
-    /// Stage 1: per-shot pixel refinement (diffBragg's hopper).
-    Hopper(hopper::HopperArgs),
-    /// Generate a synthetic stage-1 dataset with known truth.
-    Synth(synth::SynthArgs),
-    /// Stage-1 diagnostics of an output folder: per-panel residuals and Δψ, PNGs, summary.
-    Report(report::ReportArgs),
+    /// Inspect configuration: effective values of phil files, or one parameter's documentation.
+    Config(config::ConfigArgs),
+    /// Benchmarks (`bench kernel`).
+    Bench(bench::BenchArgs),
+    /// Print version and build information.
+    Info,
 }
 
 pub fn run() -> anyhow::Result<()> {
