@@ -91,6 +91,8 @@ impl Spectrum {
         if let Some(i) = self.weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
             return Err(format!("channel {i}: weight {} is not a non-negative number", self.weights[i]));
         }
+        // `!(x > 0)` also rejects NaN.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.total() > 0.0) {
             return Err("weights sum to zero".into());
         }

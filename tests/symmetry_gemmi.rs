@@ -6,6 +6,8 @@
 //! systematic absences and epsilon. One python call writes all expected values
 //! as JSON.
 
+#![allow(clippy::needless_range_loop)]
+
 use diffbragg::symmetry::{parse_hall, settings, GroupOps, Op, ReciprocalAsu, SpaceGroup};
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -25,11 +25,11 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, UInt32Type};
 use clap::Args;
 
+use crate::crystal::UnitCell;
 use crate::error::{Error, Result};
 use crate::report::residuals::{ModelKind, ResidualRow};
 use crate::report::stats::panel_groups;
 use crate::report::summary::Comparison;
-use crate::crystal::UnitCell;
 use crate::stage2::report::{write_report as stage2_report, ReportOptions};
 use crate::store::{Store, Table};
 use crate::symmetry::SpaceGroup;
@@ -160,7 +160,7 @@ pub fn write(outdir: &std::path::Path, out: &std::path::Path, level: usize) -> R
     let mut text = cmp.text_summary(&groups);
     let conv = store.query(
         "SELECT count(*) AS n, count(*) FILTER (WHERE status LIKE 'converged%') AS n_conv, \
-         median(n_evals) AS med_evals, median(sigz) AS med_sigz, median(wall_time_s) AS med_wall \
+         median(n_evals) AS med_evals, round(median(sigz), 4) AS med_sigz, round(median(wall_time_s), 2) AS med_wall \
          FROM shot_params WHERE stage = 'stage1'",
     )?;
     if let Some(b) = conv.batches.first().filter(|b| b.num_rows() > 0) {
@@ -227,11 +227,14 @@ fn stage2_cell_and_group(store: &Store, tag: &str, sg: Option<&str>) -> Result<(
             break;
         }
     }
-    let cell = cell.ok_or_else(|| Error::file(store.root(), "no shot_params rows to take the unit cell from"))?;
+    let cell =
+        cell.ok_or_else(|| Error::file(store.root(), "no shot_params rows to take the unit cell from"))?;
     let group = match sg {
         Some(s) => SpaceGroup::parse(s).map_err(|e| Error::param("--space-group", e.to_string()))?,
         None => {
-            let q = store.query("SELECT space_group_hall FROM experiments WHERE space_group_hall IS NOT NULL LIMIT 1")?;
+            let q = store.query(
+                "SELECT space_group_hall FROM experiments WHERE space_group_hall IS NOT NULL LIMIT 1",
+            )?;
             let hall = q
                 .batches
                 .iter()

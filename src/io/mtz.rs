@@ -592,6 +592,7 @@ impl Reader<'_> {
                     mtz.reso = Some((v[0], v[1]));
                 }
                 "VALM" => {
+                    #[allow(clippy::collapsible_match)]
                     if !args.to_ascii_uppercase().starts_with("NAN") {
                         let v: f32 = args
                             .split_whitespace()

@@ -16,6 +16,9 @@
 //!   case-insensitively (MTZ `SYMM` records are upper case) and written in
 //!   lower case with translations as reduced fractions.
 
+// Index loops mirror the matrix formulas they implement.
+#![allow(clippy::needless_range_loop)]
+
 use std::fmt;
 
 /// The common denominator of rotation and translation entries.
