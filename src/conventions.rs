@@ -171,6 +171,22 @@ pub fn daxis_angle(axis: &Vec3, angle: f64) -> Mat3 {
     kx * c + kx * kx * s
 }
 
+/// The rotation of the unit quaternion `(w, x, y, z)` (w the scalar part;
+/// active, right-handed: it rotates vectors by 2·acos(w) about (x, y, z)).
+pub fn quaternion_matrix(w: f64, x: f64, y: f64, z: f64) -> Mat3 {
+    Mat3::new(
+        1.0 - 2.0 * (y * y + z * z),
+        2.0 * (x * y - z * w),
+        2.0 * (x * z + y * w),
+        2.0 * (x * y + z * w),
+        1.0 - 2.0 * (x * x + z * z),
+        2.0 * (y * z - x * w),
+        2.0 * (x * z - y * w),
+        2.0 * (y * z + x * w),
+        1.0 - 2.0 * (x * x + y * y),
+    )
+}
+
 /// Real-space matrix (columns a, b, c, lab frame) from dxtbx `A = U·B_recip`.
 pub fn real_from_reciprocal(a_recip: &Mat3) -> Option<Mat3> {
     a_recip.try_inverse().map(|m| m.transpose())
@@ -286,5 +302,16 @@ mod tests {
         assert_eq!(m[(0, 1)], 2.0);
         assert_eq!(m[(1, 0)], 4.0);
         assert_eq!(mat3_to_row_major(&m), v);
+    }
+
+    #[test]
+    fn quaternion_matrix_is_the_axis_angle_rotation() {
+        let (axis, angle) = (Vec3::new(1.0, -2.0, 0.5).normalize(), 0.7_f64);
+        let (h, sn) = ((angle / 2.0).cos(), (angle / 2.0).sin());
+        let q = quaternion_matrix(h, sn * axis.x, sn * axis.y, sn * axis.z);
+        assert!((q - axis_angle(&axis, angle)).norm() < 1e-14);
+        // A quarter turn about z takes x to y.
+        let r = quaternion_matrix(0.5f64.sqrt(), 0.0, 0.0, 0.5f64.sqrt());
+        assert!((r * Vec3::x() - Vec3::y()).norm() < 1e-15);
     }
 }

@@ -176,17 +176,7 @@ fn random_rotation(rng: &mut ChaCha8Rng) -> Mat3 {
     let (a, b) = ((1.0 - u1).sqrt(), u1.sqrt());
     let (w, x, y, z) =
         (a * (tau * u2).sin(), a * (tau * u2).cos(), b * (tau * u3).sin(), b * (tau * u3).cos());
-    Mat3::new(
-        1.0 - 2.0 * (y * y + z * z),
-        2.0 * (x * y - z * w),
-        2.0 * (x * z + y * w),
-        2.0 * (x * y + z * w),
-        1.0 - 2.0 * (x * x + z * z),
-        2.0 * (y * z - x * w),
-        2.0 * (x * z - y * w),
-        2.0 * (y * z + x * w),
-        1.0 - 2.0 * (x * x + y * y),
-    )
+    crate::conventions::quaternion_matrix(w, x, y, z)
 }
 
 fn random_axis(rng: &mut ChaCha8Rng) -> Vec3 {

@@ -143,17 +143,7 @@ fn random_rotation(rng: &mut ChaCha8Rng) -> Mat3 {
     let q: [f64; 4] = std::array::from_fn(|_| n.sample(rng));
     let s = q.iter().map(|v| v * v).sum::<f64>().sqrt();
     let [w, x, y, z] = q.map(|v| v / s);
-    Mat3::new(
-        1.0 - 2.0 * (y * y + z * z),
-        2.0 * (x * y - z * w),
-        2.0 * (x * z + y * w),
-        2.0 * (x * y + z * w),
-        1.0 - 2.0 * (x * x + z * z),
-        2.0 * (y * z - x * w),
-        2.0 * (x * z - y * w),
-        2.0 * (y * z + x * w),
-        1.0 - 2.0 * (x * x + y * y),
-    )
+    crate::conventions::quaternion_matrix(w, x, y, z)
 }
 
 /// The detector: one square panel centred on the beam, ⟂ to it.
