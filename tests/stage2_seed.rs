@@ -104,4 +104,27 @@ fn users_stage_two_phil_runs_the_global_refinement() {
         "checkpoints 10, 20, final"
     );
     assert_eq!(count("SELECT count(*) FROM shot_params WHERE stage = 'stage2'"), 24);
+
+    // `diffbragg report` on the store: convergence plot and CC against the truth by resolution.
+    let out = Command::new(env!("CARGO_BIN_EXE_diffbragg"))
+        .arg("report")
+        .arg(&t.store)
+        .args(["--reference", t.mtz[0].to_str().unwrap(), "--reference-columns", "F(+),F(-)", "--with-merge"])
+        .args(["--bins", "4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("stage 2 run `stage2`: 25 evaluations"), "{text}");
+    let overall = text.lines().find(|l| l.trim_start().starts_with("overall")).expect("a CC table");
+    let cc: Vec<f64> = overall.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    // Ours (first) and the ROI-sum merge; refinement started from 0.8·F + 20.
+    assert!(cc.len() == 2 && cc[0] > 0.95 && cc[0] <= 1.0, "{overall}");
+    for f in ["summary.txt", "stage2_convergence.png", "stage2_cc.png", "stage2_cc.txt"] {
+        let b = std::fs::read(t.store.join("report").join(f)).unwrap();
+        assert!(!b.is_empty(), "{f}");
+        if f.ends_with(".png") {
+            assert!(b.starts_with(b"\x89PNG"), "{f}");
+        }
+    }
 }

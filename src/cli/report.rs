@@ -211,9 +211,13 @@ fn stage2_tags(store: &Store) -> Result<Vec<String>> {
 }
 
 /// The cell (mean over the run's shot_params rows, else the stage-1 rows) and
-/// the space group (`--space-group`, else the experiments' Hall symbol) of a
-/// stage-2 comparison.
-fn stage2_cell_and_group(store: &Store, tag: &str, sg: Option<&str>) -> Result<(UnitCell, SpaceGroup)> {
+/// the space group of a stage-2 comparison.
+fn stage2_cell_and_group(
+    store: &Store,
+    tag: &str,
+    sg: Option<&str>,
+    reference: Option<&Path>,
+) -> Result<(UnitCell, SpaceGroup)> {
     let mut cell = None;
     for stage in [tag, "stage1"] {
         let q = store.query(&format!(
@@ -229,21 +233,30 @@ fn stage2_cell_and_group(store: &Store, tag: &str, sg: Option<&str>) -> Result<(
     }
     let cell =
         cell.ok_or_else(|| Error::file(store.root(), "no shot_params rows to take the unit cell from"))?;
-    let group = match sg {
-        Some(s) => SpaceGroup::parse(s).map_err(|e| Error::param("--space-group", e.to_string()))?,
-        None => {
-            let q = store.query(
-                "SELECT space_group_hall FROM experiments WHERE space_group_hall IS NOT NULL LIMIT 1",
-            )?;
-            let hall = q
-                .batches
-                .iter()
-                .find(|b| b.num_rows() > 0)
-                .map(|b| b.column(0).as_string::<i32>().value(0).to_string())
-                .ok_or_else(|| {
-                    Error::file(store.root(), "no experiments row with a space group: give --space-group")
-                })?;
-            SpaceGroup::from_hall(&hall)?
+    // The group maps the reference's indices onto ours: --space-group, else the
+    // reference MTZ's own, else the experiments'. Without a reference it is unused.
+    let group = if let Some(s) = sg {
+        SpaceGroup::parse(s).map_err(|e| Error::param("--space-group", e.to_string()))?
+    } else if let Some(g) =
+        reference.map(|p| crate::io::mtz::Mtz::read(p)).transpose()?.and_then(|m| m.space_group)
+    {
+        g
+    } else {
+        let q = store
+            .query("SELECT space_group_hall FROM experiments WHERE space_group_hall IS NOT NULL LIMIT 1");
+        let hall = q
+            .ok()
+            .and_then(|q| q.batches.into_iter().find(|b| b.num_rows() > 0))
+            .map(|b| b.column(0).as_string::<i32>().value(0).to_string());
+        match (hall, reference) {
+            (Some(h), _) => SpaceGroup::from_hall(&h)?,
+            (None, None) => SpaceGroup::parse("P 1").map_err(|e| Error::msg(e.to_string()))?,
+            (None, Some(p)) => {
+                return Err(Error::file(
+                    p,
+                    "the reference has no space group and the store none: give --space-group",
+                ))
+            }
         }
     };
     Ok((cell, group))
@@ -275,7 +288,8 @@ pub fn write_all(a: &ReportArgs, out: &Path) -> Result<String> {
         };
         let half_tags = a.half_tags.as_ref().map(|v| (v[0].clone(), v[1].clone()));
         for (i, tag) in tags.iter().enumerate() {
-            let (cell, sg) = stage2_cell_and_group(&store, tag, a.space_group.as_deref())?;
+            let (cell, sg) =
+                stage2_cell_and_group(&store, tag, a.space_group.as_deref(), a.reference.as_deref())?;
             let opts = ReportOptions {
                 reference: a.reference.clone().map(|p| (p, a.reference_columns.clone())),
                 // CC½ compares two runs: print it once.
