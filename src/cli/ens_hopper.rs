@@ -25,8 +25,8 @@ pub enum HalfArg {
 
 #[derive(Args, Debug)]
 pub struct EnsHopperArgs {
-    /// The store directory: stage-1 results (shot_params, spectra) and the
-    /// pre-imported `pixels` table. The results are added to it.
+    /// The store directory: the pre-imported `pixels` table with the shots' stage-1 rows and
+    /// spectra (the results are added to it); with --preImport, the integrate output folder.
     pub store: PathBuf,
     /// diffBragg phil files (e.g. stage_two_test.phil), applied in order.
     pub phil: Vec<PathBuf>,
@@ -55,7 +55,10 @@ pub struct EnsHopperArgs {
     /// Also write per-shot `shot_params` rows at every checkpoint (final rows are always written).
     #[arg(long = "saveAll")]
     pub save_all: bool,
-    /// Fill the store's `pixels` table from the images instead of refining.
+    /// Pre-import instead of refining: STORE is a `diffbragg integrate` output folder (or a
+    /// file in it, e.g. reintegrated/pred.parquet); every ROI pixel of its predictions is read
+    /// from the images into a new store at --outdir (the `pixels` table, with the shots'
+    /// stage-1 rows and spectra), which a second ens-hopper run then refines.
     #[arg(long = "preImport", visible_alias = "preimport")]
     pub pre_import: bool,
     /// Accepted for compatibility with ens.hopper and ignored.
@@ -117,10 +120,35 @@ pub fn run(a: EnsHopperArgs) -> anyhow::Result<()> {
         quiet: a.quiet,
     };
     let result = (|| -> crate::error::Result<()> {
-        stage2::check_store_dir(&a.store)?;
         if a.pre_import {
-            return stage2::preimport(&cfg, &opts, comm.as_ref());
+            let po = stage2::preimport::PreimportOptions {
+                input: a.store.clone(),
+                outdir: opts.outdir.clone(),
+                flush_every: 8,
+                progress: a.quiet.then_some(false),
+            };
+            let s = stage2::preimport::run(&cfg, &po, comm.as_ref())?;
+            if comm.is_root() {
+                println!(
+                    "pre-import: {} shots imported, {} failed, {} already done; {} ROIs, {} pixels in {:.1} s ({:.3} s per shot)",
+                    s.n_imported,
+                    s.n_failed,
+                    s.n_skipped_done,
+                    s.n_rois,
+                    s.n_pixels,
+                    s.wall_s,
+                    s.wall_s / (s.n_imported + s.n_failed).max(1) as f64
+                );
+                println!(
+                    "pixels table: {:.2} bytes/pixel on disk, {:.2} bytes/pixel in stage 2's memory; next: diffbragg ens-hopper {} PHIL --outdir GLOBAL",
+                    s.bytes_per_pixel_disk,
+                    s.bytes_per_pixel_memory,
+                    opts.outdir.display()
+                );
+            }
+            return Ok(());
         }
+        stage2::check_store_dir(&a.store)?;
         let s = stage2::run(&cfg, &opts, comm.as_ref())?;
         if comm.is_root() {
             println!(

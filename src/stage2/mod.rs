@@ -46,6 +46,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod output;
 pub mod params;
+pub mod preimport;
 pub mod report;
 pub mod restraints;
 pub mod sf;
@@ -164,20 +165,6 @@ pub struct RunSummary {
     pub seconds_per_shot_eval: f64,
     pub filled_missing_intensities: usize,
     pub mtz_files: Vec<PathBuf>,
-}
-
-/// The `--preImport` step: fill the store's `pixels` table from the images
-/// (ROIs, background planes, trusted masks, using stage 1's ROI code) for the
-/// shots of the stage-1 results. This is the hook the pre-import
-/// implementation fills in; `diffbragg ens-hopper --preImport` calls it.
-pub fn preimport(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<()> {
-    let _ = (cfg, comm);
-    Err(Error::msg(format!(
-        "--preImport: reading ROI pixels from the images into {}/pixels is done by the pre-import step \
-         (stage2::preimport), which this build does not include yet; a store whose `pixels` table is \
-         already filled can be refined directly (drop --preImport)",
-        opts.store_dir.display()
-    )))
 }
 
 fn log(comm: &dyn Comm, opts: &RunOptions, msg: &str) {
