@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
 
 use diffbragg::store::Store;

@@ -238,7 +238,7 @@ fn stage2_cell_and_group(
     let group = if let Some(s) = sg {
         SpaceGroup::parse(s).map_err(|e| Error::param("--space-group", e.to_string()))?
     } else if let Some(g) =
-        reference.map(|p| crate::io::mtz::Mtz::read(p)).transpose()?.and_then(|m| m.space_group)
+        reference.map(crate::io::mtz::Mtz::read).transpose()?.and_then(|m| m.space_group)
     {
         g
     } else {
