@@ -61,7 +61,7 @@ run sql "$OUT/preimport" "SELECT count(DISTINCT shot_id) AS shots, count(*) AS r
 echo
 echo "== stage 2, step 2: global structure-factor refinement from flat F (+ per-shot G)"
 run ens-hopper "$OUT/preimport" "$SEED/stage_two_test.phil" --outdir "$OUT/global" --maxSigma 3 --saveFreq 10 \
-    --refl ens.hopper.imported --maxEvals 60 --quiet \
+    --refl ens.hopper.imported --maxEvals 150 --quiet \
     --cmdlinePhil "${S2[@]}" fix.Nabc=True fix.ucell=True fix.RotXYZ=True fix.Fhkl=False fix.G=False sigmas.G=1e-2
 echo "-- report: convergence, CC of F against the true structure factors by resolution"
 run report "$OUT/preimport" --reference "$OUT/synth/F.mtz" --reference-columns F --with-merge --bins 6 | tail -14
