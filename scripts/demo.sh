@@ -35,7 +35,7 @@ run synth --out "$OUT/synth" --shots "$SHOTS" --pixels 768 --distance 80 --chann
 echo
 echo "== stage 1: hopper, with the phil file synth wrote"
 run hopper "$OUT/synth/hopper.phil" --cmdlinePhil "outdir=$OUT/stage1" --no-progress
-run sql "$OUT/stage1" "SELECT * FROM stage1_summary"
+run sql "$OUT/stage1" "SELECT n_refined, n_converged, n_failed, median_evals, round(median_wall_s, 2) AS median_s_per_shot, round(median_sigz, 4) AS median_sigz FROM stage1_summary"
 echo "-- recovery against the truth"
 run synth --out "$OUT/synth" --score "$OUT/stage1"
 echo "-- report: detector residuals and Δψ per panel, before vs after"
