@@ -237,8 +237,7 @@ fn stage2_cell_and_group(
     // reference MTZ's own, else the experiments'. Without a reference it is unused.
     let group = if let Some(s) = sg {
         SpaceGroup::parse(s).map_err(|e| Error::param("--space-group", e.to_string()))?
-    } else if let Some(g) =
-        reference.map(crate::io::mtz::Mtz::read).transpose()?.and_then(|m| m.space_group)
+    } else if let Some(g) = reference.map(crate::io::mtz::Mtz::read).transpose()?.and_then(|m| m.space_group)
     {
         g
     } else {

@@ -591,7 +591,8 @@ impl Reader<'_> {
                     let v = floats(args, 2).map_err(rf)?;
                     mtz.reso = Some((v[0], v[1]));
                 }
-                "VALM" => {
+                "VALM" =>
+                {
                     #[allow(clippy::collapsible_match)]
                     if !args.to_ascii_uppercase().starts_with("NAN") {
                         let v: f32 = args

@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::mask::read_mask;
 pub use crate::io::mask::parse_npy;
+use crate::io::mask::read_mask;
 
 /// A mask: one `Vec<bool>` per panel, row-major `(slow, fast)`.
 #[derive(Clone, Debug, PartialEq)]
