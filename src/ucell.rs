@@ -31,6 +31,7 @@
 use crate::conventions::Mat3;
 use crate::crystal::UnitCell;
 use crate::error::{Error, Result};
+use crate::symmetry::{CrystalSystem, SpaceGroup};
 use std::f64::consts::FRAC_PI_2;
 
 /// A lattice system, which fixes the free cell parameters.
@@ -279,6 +280,21 @@ pub fn d_b_real6(c6: &[f64; 6]) -> [Mat3; 6] {
             c * (dd_g * sg - d * cg) / (sg * sg),
         ),
     ]
+}
+
+/// The lattice system of a space group: the cell parameterisation follows
+/// the group, never the cell's values (fwd-model §3.3 [TRAP]). Trigonal groups
+/// go by their axes (rhombohedral, or hexagonal).
+pub fn lattice_system(sg: &SpaceGroup) -> LatticeSystem {
+    match sg.crystal_system() {
+        CrystalSystem::Triclinic => LatticeSystem::Triclinic,
+        CrystalSystem::Monoclinic => LatticeSystem::Monoclinic,
+        CrystalSystem::Orthorhombic => LatticeSystem::Orthorhombic,
+        CrystalSystem::Tetragonal => LatticeSystem::Tetragonal,
+        CrystalSystem::Trigonal if sg.is_rhombohedral_axes() => LatticeSystem::Rhombohedral,
+        CrystalSystem::Trigonal | CrystalSystem::Hexagonal => LatticeSystem::Hexagonal,
+        CrystalSystem::Cubic => LatticeSystem::Cubic,
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,6 @@ use crate::error::{Error, Result};
 use crate::kernel::{NcellsParam, Param};
 use crate::refine::params::{names, Parameter, ParameterSet};
 use crate::refine::restraints::{NvolRestraint, Restraint, DEG_TO_RAD};
-use crate::symmetry::{CrystalSystem, SpaceGroup};
 use crate::ucell::{LatticeSystem, UcellParams};
 
 /// What a refined coordinate moves.
@@ -71,18 +70,7 @@ pub struct ShotParams {
     pub nvol: Option<NvolRestraint>,
 }
 
-/// The lattice system of a space group (trigonal groups by their axes).
-pub fn lattice_system(sg: &SpaceGroup) -> LatticeSystem {
-    match sg.crystal_system() {
-        CrystalSystem::Triclinic => LatticeSystem::Triclinic,
-        CrystalSystem::Monoclinic => LatticeSystem::Monoclinic,
-        CrystalSystem::Orthorhombic => LatticeSystem::Orthorhombic,
-        CrystalSystem::Tetragonal => LatticeSystem::Tetragonal,
-        CrystalSystem::Trigonal if sg.is_rhombohedral_axes() => LatticeSystem::Rhombohedral,
-        CrystalSystem::Trigonal | CrystalSystem::Hexagonal => LatticeSystem::Hexagonal,
-        CrystalSystem::Cubic => LatticeSystem::Cubic,
-    }
-}
+pub use crate::ucell::lattice_system;
 
 /// The free cell parameters of `cell` in `system`. A cell that misses the
 /// system's constraints by rounding (DIALS writes symmetrised cells to ~1e-10)

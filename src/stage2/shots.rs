@@ -37,7 +37,7 @@ use crate::geometry::{Beam, Detector};
 use crate::kernel::{CrystalModel, DetectorShifts, Eta, LatticeShape, MosaicSpec, ShotModel, Source};
 use crate::store::parquet::read_shard_each;
 use crate::store::{Store, Table};
-use crate::symmetry::{CrystalSystem, SpaceGroup};
+use crate::symmetry::SpaceGroup;
 use crate::ucell::{LatticeSystem, UcellParams};
 
 /// The stage-1 results stage 2 starts from (one `shot_params` row).
@@ -177,18 +177,7 @@ pub fn read_spectra(store: &Store, shots: &BTreeSet<i64>) -> Result<BTreeMap<i64
     Ok(rows.into_iter().map(|(s, m)| (s, m.into_values().collect())).collect())
 }
 
-/// The lattice system of a space group (trigonal on hexagonal axes → hexagonal).
-pub fn lattice_system(sg: &SpaceGroup) -> LatticeSystem {
-    match sg.crystal_system() {
-        CrystalSystem::Triclinic => LatticeSystem::Triclinic,
-        CrystalSystem::Monoclinic => LatticeSystem::Monoclinic,
-        CrystalSystem::Orthorhombic => LatticeSystem::Orthorhombic,
-        CrystalSystem::Tetragonal => LatticeSystem::Tetragonal,
-        CrystalSystem::Trigonal if sg.is_rhombohedral_axes() => LatticeSystem::Rhombohedral,
-        CrystalSystem::Trigonal | CrystalSystem::Hexagonal => LatticeSystem::Hexagonal,
-        CrystalSystem::Cubic => LatticeSystem::Cubic,
-    }
-}
+pub use crate::ucell::lattice_system;
 
 /// The cell projected onto `system`'s constraints (equal edges averaged,
 /// fixed angles set). Errors if the cell is more than 0.5 % (edges) or 0.5°
