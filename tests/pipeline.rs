@@ -126,10 +126,10 @@ fn synth_to_stage_two_through_the_command_line() {
     pre_args[1] = s(&pred_file).to_string().leak();
     let out = dbx(&pre_args);
     let log = String::from_utf8_lossy(&out.stdout);
-    assert!(log.contains("3 shots imported, 1 failed"), "{log}");
+    assert!(log.contains("3 shot(s) imported, 1 failed"), "{log}");
     let p = Store::open(&pre).unwrap();
     assert_eq!(
-        count(&p, "SELECT count(*) FROM failures WHERE stage = 'preimport' AND reason = 'image_unreadable'"),
+        count(&p, "SELECT count(*) FROM failures WHERE stage = 'preimport' AND reason = 'bad_image'"),
         1
     );
 
@@ -194,7 +194,7 @@ fn synth_to_stage_two_through_the_command_line() {
     // A rerun skips every shot already there (the failed one included) and adds nothing.
     let before = count(&p, "SELECT count(*) FROM pixels");
     let out = dbx(&pre_args);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 shots imported, 0 failed, 4 already done"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 shot(s) imported, 0 failed, 4 already present"));
     let p = Store::open(&pre).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM pixels"), before);
     assert_eq!(count(&p, "SELECT count(*) FROM failures"), 1);

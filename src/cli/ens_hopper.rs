@@ -8,6 +8,19 @@
 //! The reference's argument names are accepted as they are; `--refl` and
 //! `--exp` are accepted and ignored (the data come from the store's tables,
 //! keyed by shot). With `--features mpi`, run it under `mpirun`/`srun`.
+//!
+//! Two steps, as the reference's two `ens.hopper` runs:
+//! ```text
+//! diffbragg ens-hopper reintegrated PHIL --preImport --outdir preimport   # pixels from the images
+//! diffbragg ens-hopper preimport PHIL --outdir global ...                 # the global refinement
+//! ```
+//! With `--preImport`, STORE is the `diffbragg integrate` outdir (or a file
+//! in it, e.g. `reintegrated/pred.parquet` or the reference's
+//! `reintegrated/pred.pkl`) and `--outdir` is the **new store** that receives
+//! the `pixels` table and copies of the shots' stage-1 rows
+//! ([`crate::stage2::preimport`]); the phil's `roi`/`refiner` settings shape
+//! the ROIs as in stage 1. A rerun into the same outdir imports only what is
+//! missing.
 
 use std::path::PathBuf;
 
@@ -25,12 +38,15 @@ pub enum HalfArg {
 
 #[derive(Args, Debug)]
 pub struct EnsHopperArgs {
-    /// The store directory: the pre-imported `pixels` table with the shots' stage-1 rows and
-    /// spectra (the results are added to it); with --preImport, the integrate output folder.
+    /// The store directory: stage-1 results (shot_params, spectra) and the
+    /// pre-imported `pixels` table; the results are added to it. With
+    /// --preImport: the `diffbragg integrate` outdir (or a file inside it, e.g.
+    /// reintegrated/pred.parquet or the reference's reintegrated/pred.pkl).
     pub store: PathBuf,
     /// diffBragg phil files (e.g. stage_two_test.phil), applied in order.
     pub phil: Vec<PathBuf>,
     /// Output folder for the MTZs, checkpoints and the summary (default: the phil's `outdir`).
+    /// With --preImport: the new store that receives the `pixels` table.
     #[arg(long)]
     pub outdir: Option<PathBuf>,
     /// Phil overrides `name=value` (dotted suffixes allowed), applied after the files.
@@ -55,13 +71,12 @@ pub struct EnsHopperArgs {
     /// Also write per-shot `shot_params` rows at every checkpoint (final rows are always written).
     #[arg(long = "saveAll")]
     pub save_all: bool,
-    /// Pre-import instead of refining: STORE is a `diffbragg integrate` output folder (or a
-    /// file in it, e.g. reintegrated/pred.parquet); every ROI pixel of its predictions is read
-    /// from the images into a new store at --outdir (the `pixels` table, with the shots'
-    /// stage-1 rows and spectra), which a second ens-hopper run then refines.
+    /// Read the ROI pixels of STORE's predictions from the images into a new store at
+    /// --outdir (its `pixels` table, plus the shots' stage-1 rows) instead of refining.
     #[arg(long = "preImport", visible_alias = "preimport")]
     pub pre_import: bool,
-    /// Accepted for compatibility with ens.hopper and ignored.
+    /// Accepted for compatibility with ens.hopper and ignored (e.g. `predicted_refls`,
+    /// `ens.hopper.imported`): ROIs come from the `predictions` table, pixels from `pixels`.
     #[arg(long)]
     pub refl: Option<String>,
     /// Accepted for compatibility with ens.hopper and ignored.
@@ -121,30 +136,16 @@ pub fn run(a: EnsHopperArgs) -> anyhow::Result<()> {
     };
     let result = (|| -> crate::error::Result<()> {
         if a.pre_import {
-            let po = stage2::preimport::PreimportOptions {
-                input: a.store.clone(),
-                outdir: opts.outdir.clone(),
-                flush_every: 8,
-                progress: a.quiet.then_some(false),
-            };
-            let s = stage2::preimport::run(&cfg, &po, comm.as_ref())?;
             if comm.is_root() {
-                println!(
-                    "pre-import: {} shots imported, {} failed, {} already done; {} ROIs, {} pixels in {:.1} s ({:.3} s per shot)",
-                    s.n_imported,
-                    s.n_failed,
-                    s.n_skipped_done,
-                    s.n_rois,
-                    s.n_pixels,
-                    s.wall_s,
-                    s.wall_s / (s.n_imported + s.n_failed).max(1) as f64
-                );
-                println!(
-                    "pixels table: {:.2} bytes/pixel on disk, {:.2} bytes/pixel in stage 2's memory; next: diffbragg ens-hopper {} PHIL --outdir GLOBAL",
-                    s.bytes_per_pixel_disk,
-                    s.bytes_per_pixel_memory,
-                    opts.outdir.display()
-                );
+                if let Some(r) = &a.refl {
+                    println!(
+                        "note: --refl {r} is ignored: the ROIs are the input store's `predictions` rows"
+                    );
+                }
+            }
+            let s = stage2::preimport(&cfg, &opts, comm.as_ref())?;
+            if comm.is_root() {
+                print_preimport(&s);
             }
             return Ok(());
         }
@@ -173,4 +174,26 @@ pub fn run(a: EnsHopperArgs) -> anyhow::Result<()> {
         return Err(e.into());
     }
     Ok(())
+}
+
+fn print_preimport(s: &stage2::preimport::Summary) {
+    println!(
+        "pre-import: {} shot(s) imported, {} failed, {} already present (of {} listed) in {:.1} s ({:.3} s per shot per rank)",
+        s.n_imported, s.n_failed, s.n_skipped_done, s.n_listed, s.import_seconds, s.seconds_per_shot
+    );
+    if !s.rejected.is_empty() {
+        let r: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("candidate ROIs left out: {}", r.join(", "));
+    }
+    println!(
+        "pixels table {}: {} shots, {} ROIs, {} pixels ({} trusted); {:.2} bytes/pixel on disk, {:.2} bytes/pixel in memory (stage 2's loader)",
+        s.output_store.display(),
+        s.n_shots,
+        s.n_rois,
+        s.n_pixels,
+        s.n_trusted,
+        s.bytes_per_pixel_disk,
+        s.bytes_per_pixel_memory
+    );
+    println!("next: diffbragg ens-hopper {} PHIL --outdir global ...", s.output_store.display());
 }

@@ -103,29 +103,7 @@ impl RunContext {
 
     /// The gather options of the configuration.
     pub fn gather_options(&self) -> GatherOptions {
-        gather_options(&self.cfg)
-    }
-}
-
-/// The `roi`/`refiner` settings that shape the data (stage 1 and the stage-2
-/// pre-import share them).
-pub fn gather_options(c: &crate::config::diffbragg::DiffBraggParams) -> GatherOptions {
-    GatherOptions {
-        shoebox_size: c.roi.shoebox_size,
-        centroid_cal: c.roi.centroid == crate::config::diffbragg::RoiCentroid::Cal,
-        reject_edge: c.roi.reject_edge_reflections,
-        reject_hotpix: c.roi.reject_roi_with_hotpix,
-        pad: c.roi.pad_shoebox_for_background_estimation,
-        fit_tilt: c.roi.fit_tilt,
-        tilt_weights: c.roi.fit_tilt_using_weights,
-        bg_threshold: c.roi.background_threshold,
-        only_high: c.roi.only_filter_zingers_above_mean,
-        allow_overlaps: c.roi.allow_overlapping_spots,
-        skip_negative_bg: c.roi.skip_roi_with_negative_bg,
-        mask_outside_trusted: c.roi.mask_outside_trusted_range,
-        sigma_r: c.refiner.sigma_r,
-        adu_per_photon: c.refiner.adu_per_photon,
-        res_ranges: c.refiner.res_ranges.as_ref().map(|r| r.0.clone()),
+        GatherOptions::from_params(&self.cfg)
     }
 }
 

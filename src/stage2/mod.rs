@@ -1,6 +1,11 @@
 //! Stage 2 (`diffbragg ens-hopper`): structure factors refined globally
 //! against every ROI pixel of every shot, with each shot's spectrum.
 //!
+//! # Before: the pre-import (`--preImport`, [`preimport`](mod@preimport))
+//! reads the ROI pixels of the integrate store's predictions from the images
+//! into a new store (`pixels` plus the shots' stage-1 rows); the run below
+//! reads only tables.
+//!
 //! # What runs
 //! 1. Shots: those with rows in `pixels` and a stage-1 `shot_params` row
 //!    (`--stage1Tag`, default `stage1`), in shot_id order, after `skip`,
@@ -165,6 +170,14 @@ pub struct RunSummary {
     pub seconds_per_shot_eval: f64,
     pub filled_missing_intensities: usize,
     pub mtz_files: Vec<PathBuf>,
+}
+
+/// The `--preImport` step: a new store at `opts.outdir` with the `pixels`
+/// table read from the images (stage 1's ROI code) for the shots of the
+/// integrate store `opts.store_dir`, plus copies of their stage-1 rows; see
+/// [`preimport`](mod@preimport). `diffbragg ens-hopper --preImport` calls it.
+pub fn preimport(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<preimport::Summary> {
+    preimport::run(cfg, opts, comm)
 }
 
 fn log(comm: &dyn Comm, opts: &RunOptions, msg: &str) {
