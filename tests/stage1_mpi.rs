@@ -6,7 +6,7 @@ mod stage1_util;
 
 use std::path::Path;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use diffbragg::store::{Store, Table};
 
