@@ -39,13 +39,21 @@ fn hopper_cuda_without_a_gpu_fails_and_auto_takes_the_cpu() {
     stage1_util::small(d, 1, 3, 256, 40.0, 8);
     let phil = d.join("hopper.phil").to_string_lossy().into_owned();
     let out = d.join("out_cuda");
-    let o = run(d, &[s(&["hopper", &phil, "--device", "cuda", "--cmdlinePhil"]), vec![stage1_util::outdir_arg(&out)]].concat());
+    let o = run(
+        d,
+        &[s(&["hopper", &phil, "--device", "cuda", "--cmdlinePhil"]), vec![stage1_util::outdir_arg(&out)]]
+            .concat(),
+    );
     check_refused(&o, "hopper");
     assert!(!out.exists(), "hopper --device cuda wrote {}", out.display());
 
     // auto: the CPU, said so, and recorded.
     let out = d.join("out_auto");
-    let o = run(d, &[s(&["hopper", &phil, "--no-progress", "--cmdlinePhil"]), vec![stage1_util::outdir_arg(&out)]].concat());
+    let o = run(
+        d,
+        &[s(&["hopper", &phil, "--no-progress", "--cmdlinePhil"]), vec![stage1_util::outdir_arg(&out)]]
+            .concat(),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("--device auto: CUDA not usable"), "{err}");

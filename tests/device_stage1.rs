@@ -31,7 +31,8 @@ fn shot_rows(out: &Path) -> BTreeMap<i64, (String, i32, Vec<f64>)> {
         let be = b.column(1).as_string::<i32>();
         let ne = b.column(2).as_primitive::<Int32Type>();
         for i in 0..b.num_rows() {
-            let v: Vec<f64> = (3..cols.len()).map(|c| b.column(c).as_primitive::<Float64Type>().value(i)).collect();
+            let v: Vec<f64> =
+                (3..cols.len()).map(|c| b.column(c).as_primitive::<Float64Type>().value(i)).collect();
             m.insert(id.value(i), (be.value(i).to_string(), ne.value(i), v));
         }
     }
@@ -138,7 +139,8 @@ fn backend_evaluation_equals_the_direct_kernel_bitwise() {
     let m = p.shot_model(&prep.params.values(&x)).unwrap();
     let kp = prep.params.kernel_params();
     assert!(kp.len() >= 7, "rotations, N, cell and detz are refined: {kp:?}");
-    let direct = PreparedShot::new(&m, &ctx.fhkl, None, &kp).unwrap().forward_with_derivs(&prep.data.pixels).unwrap();
+    let direct =
+        PreparedShot::new(&m, &ctx.fhkl, None, &kp).unwrap().forward_with_derivs(&prep.data.pixels).unwrap();
     let direct_fwd = PreparedShot::new(&m, &ctx.fhkl, None, &[]).unwrap().forward(&prep.data.pixels).unwrap();
     assert!(direct.values.iter().any(|v| *v > 0.0));
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

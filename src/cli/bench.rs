@@ -155,7 +155,10 @@ impl WorkDir {
             Some(p) => (p.to_path_buf(), false),
             None => {
                 let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-                (std::env::temp_dir().join(format!("diffbragg-bench-{what}-{}-{t}", std::process::id())), true)
+                (
+                    std::env::temp_dir().join(format!("diffbragg-bench-{what}-{}-{t}", std::process::id())),
+                    true,
+                )
             }
         };
         if remove && path.exists() {
@@ -222,7 +225,9 @@ fn run_stage1(a: Stage1BenchArgs) -> Result<()> {
     }
     let store = crate::store::Store::open(&out)?;
     let (mut evals, mut shot_wall, mut names) = (0i64, 0.0f64, std::collections::BTreeSet::new());
-    for b in store.read_columns(crate::store::Table::ShotParams, &["n_evals", "wall_time_s", "backend"], None)? {
+    for b in
+        store.read_columns(crate::store::Table::ShotParams, &["n_evals", "wall_time_s", "backend"], None)?
+    {
         let n = b.column(0).as_primitive::<Int32Type>();
         let w = b.column(1).as_primitive::<Float64Type>();
         let be = b.column(2).as_string::<i32>();

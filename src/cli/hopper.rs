@@ -5,6 +5,9 @@
 //! last (put the phil files before it). `exp_ref_spec_file` and `outdir` come
 //! from the configuration. Under MPI (`--features mpi`, `srun`/`mpirun`) every
 //! rank runs the same command; a rank that hits a fatal error aborts the job.
+//! `--device cpu|cuda|auto` (default auto) picks the kernel backend before any
+//! work: rank r uses GPU (node-local r) mod (visible GPUs); `cuda` without a
+//! usable GPU is an error; each `shot_params` row records the backend.
 
 use std::path::PathBuf;
 

@@ -52,9 +52,13 @@ pub fn kernel_eval_on(
     let shot = PreparedShot::new(model, fhkl, None, params)?;
     let mode = if params.is_empty() { Mode::Forward } else { Mode::Derivs };
     let mut out = backend.evaluate(&[&shot], batch, mode, None)?;
-    let values = out.values.pop().ok_or_else(|| Error::msg(format!("{} returned no values", backend.name())))?;
+    let values =
+        out.values.pop().ok_or_else(|| Error::msg(format!("{} returned no values", backend.name())))?;
     let derivs = if params.is_empty() { vec![] } else { out.derivs.pop().unwrap_or_default() };
-    if values.len() != batch.len() || derivs.len() != params.len() || derivs.iter().any(|d| d.len() != batch.len()) {
+    if values.len() != batch.len()
+        || derivs.len() != params.len()
+        || derivs.iter().any(|d| d.len() != batch.len())
+    {
         return Err(Error::msg(format!(
             "{} returned {} values and {} derivative rows for {} pixels and {} parameters",
             backend.name(),

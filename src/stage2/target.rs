@@ -234,7 +234,9 @@ impl Problem {
             .step_by(per)
             .map(|a| {
                 let r = a..(a + per).min(n);
-                let batch = keep.then(|| PixelBatch::new(self.shots[r.clone()].iter().map(|s| s.pixels.kernel_pixels()).collect()));
+                let batch = keep.then(|| {
+                    PixelBatch::new(self.shots[r.clone()].iter().map(|s| s.pixels.kernel_pixels()).collect())
+                });
                 Launch { shots: r, batch }
             })
             .collect();
@@ -329,7 +331,8 @@ impl Problem {
             let kp = if derivs { shot.params.kernel_params() } else { vec![] };
             any_params |= !kp.is_empty();
             preps.push(
-                PreparedShot::new(&model, &self.table, Some(scales), &kp).map_err(|e| Self::shot_error(shot, e))?,
+                PreparedShot::new(&model, &self.table, Some(scales), &kp)
+                    .map_err(|e| Self::shot_error(shot, e))?,
             );
             vals.push(v);
         }
@@ -342,13 +345,19 @@ impl Problem {
         let mode = if any_params { Mode::Derivs } else { Mode::Forward };
         let out = self.backend.evaluate(&refs, batch, mode, None).map_err(|e| self.launch_error(l, e))?;
         if out.values.len() != shots.len() {
-            return Err(self.launch_error(l, Error::msg(format!("{} returned {} value lists", self.backend.name(), out.values.len()))));
+            return Err(self.launch_error(
+                l,
+                Error::msg(format!("{} returned {} value lists", self.backend.name(), out.values.len())),
+            ));
         }
         let mut derivs_it = out.derivs.into_iter();
         let outputs = out
             .values
             .into_iter()
-            .map(|values| KernelOutput { values, derivs: if any_params { derivs_it.next().unwrap_or_default() } else { vec![] } })
+            .map(|values| KernelOutput {
+                values,
+                derivs: if any_params { derivs_it.next().unwrap_or_default() } else { vec![] },
+            })
             .collect();
         Ok(LaunchModel { preps, batch: transient, outputs, vals })
     }
@@ -574,8 +583,12 @@ impl Problem {
 
     /// Heap bytes of this rank's pixel data (with the launches' kept pixel lists).
     pub fn pixel_bytes(&self) -> usize {
-        let kept: usize =
-            self.launches.iter().filter_map(|l| l.batch.as_ref()).map(|b| b.len() * std::mem::size_of::<crate::kernel::Pixel>()).sum();
+        let kept: usize = self
+            .launches
+            .iter()
+            .filter_map(|l| l.batch.as_ref())
+            .map(|b| b.len() * std::mem::size_of::<crate::kernel::Pixel>())
+            .sum();
         self.shots.iter().map(|s| s.pixels.heap_bytes()).sum::<usize>() + kept
     }
 }
