@@ -11,7 +11,7 @@
 //!
 //! `diffbragg bench stage1` / `stage2` time the real stages on a backend
 //! (`--device`, default auto): stage 1 refines a synthetic dataset (`synth`,
-//! 50 channels, 15×15 ROIs) end to end; stage 2 repeats the global target
+//! 50 channels, 15×15 ROIs, ≈ 200 per shot at the default 200 mm) end to end; stage 2 repeats the global target
 //! evaluation on a synthetic multi-shot store ([`crate::stage2::synth`]).
 //! Their data go to a fresh folder under the system temp dir (removed at the
 //! end unless `--keep`).
@@ -57,10 +57,10 @@ pub struct Stage1BenchArgs {
     /// ROI edge, pixels.
     #[arg(long, default_value_t = 15)]
     pub roi_size: usize,
-    /// Resolution limit of the synthetic spots (Å); sets the number of ROIs
-    /// (2.6 Å gives about 200 per shot on the 1024² detector at 100 mm).
-    #[arg(long, default_value_t = 2.6)]
-    pub d_min: f64,
+    /// Detector distance (mm) of the 1024² detector of 0.1 mm pixels; sets
+    /// the number of ROIs (200 mm gives about 200 per shot).
+    #[arg(long, default_value_t = 200.0)]
+    pub distance: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Refine one shot at a time (the kernel's loops use every thread).
@@ -181,8 +181,8 @@ impl Drop for WorkDir {
 fn run_stage1(a: Stage1BenchArgs) -> Result<()> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int32Type};
-    if a.shots == 0 || a.channels < 2 || a.roi_size < 3 {
-        bail!("--shots must be positive, --channels ≥ 2, --roi-size ≥ 3");
+    if a.shots == 0 || a.channels < 2 || a.roi_size < 3 || a.distance.is_nan() || a.distance <= 0.0 {
+        bail!("--shots and --distance must be positive, --channels ≥ 2, --roi-size ≥ 3");
     }
     let comm = crate::dist::SingleProcess;
     let backend: std::sync::Arc<dyn crate::gpu::Backend> = crate::gpu::select(a.device.device, &comm)?.into();
@@ -193,7 +193,7 @@ fn run_stage1(a: Stage1BenchArgs) -> Result<()> {
         shots: a.shots,
         seed: a.seed,
         channels: a.channels,
-        d_min: a.d_min,
+        distance_mm: a.distance,
         shoebox_size: a.roi_size,
         ..Default::default()
     };
@@ -214,7 +214,7 @@ fn run_stage1(a: Stage1BenchArgs) -> Result<()> {
     let opts = crate::stage1::RunOptions {
         flush_every: 8,
         progress: Some(false),
-        verbose: false,
+        verbose: true, // one line per shot with its ROI and pixel counts
         serial_shots: a.serial_shots,
     };
     let t = Instant::now();
