@@ -8,6 +8,13 @@
 //! anomalous |F| on a ±40 box, and 200 ROIs of 15×15 pixels centred on the
 //! brightest separated spots; 1 domain, or 25 generated domains (η = 0.05°).
 //! A step is one (pixel, sub-pixel, source, domain) term.
+//!
+//! `diffbragg bench stage1` / `stage2` time the real stages on a backend
+//! (`--device`, default auto): stage 1 refines a synthetic dataset (`synth`,
+//! 50 channels, 15×15 ROIs, ≈ 200 per shot at the default 200 mm) end to end; stage 2 repeats the global target
+//! evaluation on a synthetic multi-shot store ([`crate::stage2::synth`]).
+//! Their data go to a fresh folder under the system temp dir (removed at the
+//! end unless `--keep`).
 
 use crate::conventions::{axis_angle, Vec3};
 use crate::crystal::UnitCell;
@@ -33,6 +40,60 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Steps per second of the pixel kernel (forward, and forward + stage-1 gradients).
     Kernel(KernelBenchArgs),
+    /// Stage-1 refinement (`hopper`) of a synthetic dataset: seconds per shot, evaluations.
+    Stage1(Stage1BenchArgs),
+    /// Stage-2 target evaluations on a synthetic store: seconds per shot-evaluation.
+    Stage2(Stage2BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Stage1BenchArgs {
+    /// Shots to synthesise and refine.
+    #[arg(long, default_value_t = 4)]
+    pub shots: usize,
+    /// Spectrum channels of the model.
+    #[arg(long, default_value_t = 50)]
+    pub channels: usize,
+    /// ROI edge, pixels.
+    #[arg(long, default_value_t = 15)]
+    pub roi_size: usize,
+    /// Detector distance (mm) of the 1024² detector of 0.1 mm pixels; sets
+    /// the number of ROIs (200 mm gives about 200 per shot).
+    #[arg(long, default_value_t = 200.0)]
+    pub distance: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Refine one shot at a time (the kernel's loops use every thread).
+    #[arg(long)]
+    pub serial_shots: bool,
+    /// Keep the data and results in this folder (default: a temp folder, removed).
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: crate::gpu::DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct Stage2BenchArgs {
+    /// Shots of the synthetic store.
+    #[arg(long, default_value_t = 40)]
+    pub shots: usize,
+    /// Target evaluations timed (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub evals: usize,
+    /// Spectrum sources per shot.
+    #[arg(long, default_value_t = 6)]
+    pub sources: usize,
+    /// Shots evaluated at once (default: all threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep the store in this folder (default: a temp folder, removed).
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: crate::gpu::DeviceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -77,7 +138,198 @@ pub struct KernelBenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Kernel(a) => run_kernel(a),
+        BenchWhat::Stage1(a) => run_stage1(a),
+        BenchWhat::Stage2(a) => run_stage2(a),
     }
+}
+
+/// A work folder: `keep`, or a fresh one under the temp dir removed on drop.
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new(keep: Option<&std::path::Path>, what: &str) -> Result<WorkDir> {
+        let (path, remove) = match keep {
+            Some(p) => (p.to_path_buf(), false),
+            None => {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+                (
+                    std::env::temp_dir().join(format!("diffbragg-bench-{what}-{}-{t}", std::process::id())),
+                    true,
+                )
+            }
+        };
+        if remove && path.exists() {
+            bail!("{} exists", path.display());
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path, remove })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `bench stage1`: synthesise, then run stage 1 on the chosen backend.
+fn run_stage1(a: Stage1BenchArgs) -> Result<()> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int32Type};
+    if a.shots == 0 || a.channels < 2 || a.roi_size < 3 || a.distance.is_nan() || a.distance <= 0.0 {
+        bail!("--shots and --distance must be positive, --channels ≥ 2, --roi-size ≥ 3");
+    }
+    let comm = crate::dist::SingleProcess;
+    let backend: std::sync::Arc<dyn crate::gpu::Backend> = crate::gpu::select(a.device.device, &comm)?.into();
+    let work = WorkDir::new(a.keep.as_deref(), "stage1")?;
+    let data = work.path.join("data");
+    let o = crate::synth::SynthOptions {
+        out: data.clone(),
+        shots: a.shots,
+        seed: a.seed,
+        channels: a.channels,
+        distance_mm: a.distance,
+        shoebox_size: a.roi_size,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let truth = crate::synth::generate(&o)?;
+    let t_synth = t.elapsed().as_secs_f64();
+    let spots: Vec<usize> = truth.iter().map(|t| t.n_spots).collect();
+    let out = work.path.join("stage1");
+    let (cfg, _) = crate::config::HopperConfig::load(
+        &[data.join("hopper.phil")],
+        &[format!("outdir={}", out.display())],
+    )?;
+    println!("backend: {}", backend.describe());
+    println!(
+        "data: {} shots, {} channels, {}×{} ROIs, indexed spots per shot {:?} (synth {t_synth:.1} s)",
+        a.shots, a.channels, a.roi_size, a.roi_size, spots
+    );
+    let opts = crate::stage1::RunOptions {
+        flush_every: 8,
+        progress: Some(false),
+        verbose: true, // one line per shot with its ROI and pixel counts
+        serial_shots: a.serial_shots,
+    };
+    let t = Instant::now();
+    let s = crate::stage1::driver::run_with_backend(cfg, &comm, &opts, backend.clone())?;
+    let wall = t.elapsed().as_secs_f64();
+    if s.n_refined == 0 {
+        bail!("no shot was refined ({} failed): see the messages above", s.n_failed);
+    }
+    let store = crate::store::Store::open(&out)?;
+    let (mut evals, mut shot_wall, mut names) = (0i64, 0.0f64, std::collections::BTreeSet::new());
+    for b in
+        store.read_columns(crate::store::Table::ShotParams, &["n_evals", "wall_time_s", "backend"], None)?
+    {
+        let n = b.column(0).as_primitive::<Int32Type>();
+        let w = b.column(1).as_primitive::<Float64Type>();
+        let be = b.column(2).as_string::<i32>();
+        for i in 0..b.num_rows() {
+            evals += n.value(i) as i64;
+            shot_wall += w.value(i);
+            if !be.is_null(i) {
+                names.insert(be.value(i).to_string());
+            }
+        }
+    }
+    let threads = if a.serial_shots { 1 } else { rayon::current_num_threads() };
+    println!(
+        "stage 1: {} refined, {} failed; {evals} evaluations ({:.1} per shot); backend column {names:?}",
+        s.n_refined,
+        s.n_failed,
+        evals as f64 / s.n_refined as f64
+    );
+    println!(
+        "{wall:.2} s wall = {:.3} s/shot with {threads} shot(s) at once; per shot alone {:.3} s; {:.4} s per evaluation",
+        wall / s.n_refined as f64,
+        shot_wall / s.n_refined as f64,
+        shot_wall / evals.max(1) as f64
+    );
+    Ok(())
+}
+
+/// `bench stage2`: a synthetic store, then repeated target evaluations.
+fn run_stage2(a: Stage2BenchArgs) -> Result<()> {
+    if a.shots == 0 || a.evals == 0 || a.sources == 0 {
+        bail!("--shots, --evals and --sources must be positive");
+    }
+    let comm = crate::dist::SingleProcess;
+    let backend: std::sync::Arc<dyn crate::gpu::Backend> = crate::gpu::select(a.device.device, &comm)?.into();
+    let work = WorkDir::new(a.keep.as_deref(), "stage2")?;
+    let o = crate::stage2::synth::SynthOptions {
+        n_shots: a.shots,
+        seed: a.seed,
+        n_spectrum: a.sources,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let truth = crate::stage2::synth::make(&work.path.join("data"), &o)?;
+    let t_synth = t.elapsed().as_secs_f64();
+    let over = vec![
+        "fix.Fhkl=False".to_string(),
+        "fix.G=False".into(),
+        "fix.RotXYZ=True".into(),
+        "fix.Nabc=True".into(),
+        "fix.ucell=True".into(),
+        "types.G=positive".into(),
+        "space_group=P43212".into(),
+        format!("simulator.structure_factors.default_F={}", truth.default_f),
+    ];
+    let (cfg, _) = crate::config::EnsHopperConfig::from_texts(&[], &over, &work.path)?;
+    let opts = crate::stage2::RunOptions {
+        quiet: true,
+        threads: a.threads,
+        ..crate::stage2::RunOptions::new(&truth.store, work.path.join("out"))
+    };
+    let p = crate::stage2::prepare_with_backend(&cfg, &opts, &comm, backend)?;
+    let pr = &p.problem;
+    println!("backend: {}", pr.backend().describe());
+    println!(
+        "data: {} shots, {} ROIs, {} pixels, {} sources per shot, {} structure-factor scales (synth {t_synth:.1} s)",
+        truth.shot_ids.len(),
+        truth.n_rois,
+        truth.n_pixels,
+        a.sources,
+        pr.layout.n_params()
+    );
+    // x away from 1 so that every scale and G differs from its start.
+    let n = pr.n_x();
+    let x: Vec<f64> = (0..n).map(|k| 1.0 + 0.01 * (((k * 7919) % 23) as f64 / 11.0 - 1.0)).collect();
+    let e0 = pr.evaluate(&x, &comm)?; // warm-up (PTX load, uploads)
+    let mut best = f64::INFINITY;
+    let mut total = 0.0;
+    for _ in 0..a.evals {
+        let t = Instant::now();
+        let e = pr.evaluate(&x, &comm)?;
+        let dt = t.elapsed().as_secs_f64();
+        if e.f.to_bits() != e0.f.to_bits() && pr.backend().name() == "cpu" {
+            bail!("the CPU evaluation is not reproducible: f = {} then {}", e0.f, e.f);
+        }
+        best = best.min(dt);
+        total += dt;
+    }
+    let shots = p.global.len() as f64;
+    println!(
+        "stage 2: {} evaluations ({} launch(es) each, {} thread(s)); mean {:.4} s, best {best:.4} s per evaluation",
+        a.evals,
+        pr.n_launches(),
+        p.threads,
+        total / a.evals as f64
+    );
+    println!(
+        "{:.3e} s per shot-evaluation (mean), {:.3e} (best); f = {:.10e}",
+        total / a.evals as f64 / shots,
+        best / shots,
+        e0.f
+    );
+    Ok(())
 }
 
 fn run_kernel(a: KernelBenchArgs) -> Result<()> {

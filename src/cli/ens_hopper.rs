@@ -97,6 +97,8 @@ pub struct EnsHopperArgs {
     /// No per-evaluation log lines.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub device: crate::gpu::DeviceArgs,
 }
 
 pub fn run(a: EnsHopperArgs) -> anyhow::Result<()> {
@@ -150,7 +152,9 @@ pub fn run(a: EnsHopperArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         stage2::check_store_dir(&a.store)?;
-        let s = stage2::run(&cfg, &opts, comm.as_ref())?;
+        // The backend before any work: `--device cuda` without a GPU stops here.
+        let backend = crate::gpu::select(a.device.device, comm.as_ref())?;
+        let s = stage2::run_with_backend(&cfg, &opts, comm.as_ref(), backend.into())?;
         if comm.is_root() {
             println!(
                 "stage 2 `{}`: {} shots, {} structure-factor scales, {} evaluations ({}), f = {:.8e}, sigZ = {:.4}",

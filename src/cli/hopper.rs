@@ -5,13 +5,18 @@
 //! last (put the phil files before it). `exp_ref_spec_file` and `outdir` come
 //! from the configuration. Under MPI (`--features mpi`, `srun`/`mpirun`) every
 //! rank runs the same command; a rank that hits a fatal error aborts the job.
+//! `--device cpu|cuda|auto` (default auto) picks the kernel backend before any
+//! work: rank r uses GPU (node-local r) mod (visible GPUs); `cuda` without a
+//! usable GPU is an error; each `shot_params` row records the backend.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::config::{HopperConfig, WarningKind};
-use crate::stage1::{run as run_stage1, RunOptions};
+use crate::gpu::DeviceArgs;
+use crate::stage1::driver::run_with_backend;
+use crate::stage1::RunOptions;
 
 #[derive(Args, Debug)]
 pub struct HopperArgs {
@@ -37,12 +42,14 @@ pub struct HopperArgs {
     /// several shots at once.
     #[arg(long)]
     pub serial_shots: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Recognised, implemented-elsewhere parameters that stage 1 does not use,
 /// listed in one warning when a file or the command line sets them.
 const NOT_STAGE1: &[(&str, &str)] = &[
-    ("refiner.num_devices", "the CPU backend uses no GPU"),
+    ("refiner.num_devices", "the GPU is chosen by --device (node-local rank mod visible devices)"),
     ("Fhkl_channel_bounds", "structure-factor refinement is stage 2"),
     ("Fhkl_dspace_bins", "structure-factor refinement is stage 2"),
     ("fix.Fhkl", "structure-factor refinement is stage 2"),
@@ -99,7 +106,9 @@ pub fn run(a: HopperArgs) -> anyhow::Result<()> {
             verbose: a.verbose,
             serial_shots: a.serial_shots,
         };
-        let s = run_stage1(cfg, comm.as_ref(), &opts)?;
+        // The backend is chosen (and a missing GPU reported) before any work.
+        let backend = crate::gpu::select(a.device.device, comm.as_ref())?;
+        let s = run_with_backend(cfg, comm.as_ref(), &opts, backend.into())?;
         if comm.is_root() || a.verbose {
             eprintln!(
                 "stage 1 done ({}): {} refined, {} failed, {} skipped (already done) of {} listed, {:.1} s",

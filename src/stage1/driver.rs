@@ -17,6 +17,8 @@
 //! * A shot that fails (bad file, no ROI, a panic) becomes one `failures` row;
 //!   the run goes on.
 //! * Progress: a bar on a terminal, else a log line every 30 s.
+//! * Kernel: every evaluation runs on the run's [`Backend`] ([`run_with_backend`];
+//!   [`run`] takes `--device auto`), whose name each `shot_params` row records.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -33,6 +35,7 @@ use super::shot::{process_shot, RunContext, ShotFailure, ShotOutput, ShotTask};
 use crate::config::HopperConfig;
 use crate::dist::{longest_first, Comm};
 use crate::error::{Error, Result};
+use crate::gpu::{select, Backend, DeviceChoice};
 use crate::io::spec_file::{read_spec_file, SpecEntry};
 use crate::kernel::FhklTable;
 use crate::report::residuals::ResidualRow;
@@ -252,8 +255,20 @@ pub fn list_tasks(cfg: &HopperConfig) -> Result<Vec<ShotTask>> {
         .collect()
 }
 
-/// Run stage 1 on this rank.
+/// Run stage 1 on this rank with `--device auto` (CUDA when usable, else the
+/// CPU; the choice is logged).
 pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunSummary> {
+    let backend = select(DeviceChoice::Auto, comm)?;
+    run_with_backend(cfg, comm, opts, backend.into())
+}
+
+/// Run stage 1 on this rank, every kernel evaluation on `backend`.
+pub fn run_with_backend(
+    cfg: HopperConfig,
+    comm: &dyn Comm,
+    opts: &RunOptions,
+    backend: std::sync::Arc<dyn Backend>,
+) -> Result<RunSummary> {
     let t0 = Instant::now();
     let rank = comm.rank();
     let outdir: PathBuf = cfg
@@ -322,7 +337,7 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
     let costs: Vec<u64> = todo.iter().map(|t| t.n_refl as u64).collect();
     let mine_idx = longest_first(&costs, comm.size()).swap_remove(rank.min(comm.size() - 1));
     let mine: Vec<ShotTask> = mine_idx.into_iter().map(|i| todo[i].clone()).collect();
-    let ctx = RunContext::new(cfg, fhkl, space_group, reference_detector, root.clone());
+    let ctx = RunContext::new(cfg, fhkl, space_group, reference_detector, root.clone()).with_backend(backend);
 
     let show_bar = opts.progress.unwrap_or_else(|| std::io::stderr().is_terminal()) && rank == 0;
     let bar = show_bar.then(|| {
@@ -337,10 +352,11 @@ pub fn run(cfg: HopperConfig, comm: &dyn Comm, opts: &RunOptions) -> Result<RunS
     });
     if rank == 0 || opts.verbose {
         eprintln!(
-            "stage 1 {}: {} shot(s) listed, {n_skipped} already done, {} for this rank",
+            "stage 1 {}: {} shot(s) listed, {n_skipped} already done, {} for this rank; kernel: {}",
             comm.describe(),
             n_all,
-            mine.len()
+            mine.len(),
+            ctx.backend.describe()
         );
     }
     let mut summary = RunSummary { n_listed: n_all, n_skipped_done: n_skipped, ..Default::default() };

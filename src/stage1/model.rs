@@ -1,5 +1,11 @@
 //! The stage-1 model of one shot and its target: the only place stage 1 calls
-//! the kernel ([`kernel_eval`]), so another backend can be swapped in here.
+//! the kernel ([`kernel_eval_on`]), always through a [`Backend`]
+//! (`--device cpu|cuda|auto`, carried by the run's context).
+//!
+//! A shot's pixels are one [`PixelBatch`] made once per [`Problem`], so a GPU
+//! backend keeps them resident across the shot's evaluations. Stage 1 launches
+//! one shot per evaluation: each shot has its own L-BFGS-B, and the shots of a
+//! rank run concurrently (the CUDA backend serialises their launches).
 //!
 //! `model_i = G·s_r·raw_i + bg_i`, with `raw` the kernel's Bragg value at
 //! scale 1 (fwd-model §2.8), `s_r` the ROI's scale (1 unless per-ROI scales are
@@ -18,6 +24,7 @@ use super::gather::ShotData;
 use super::params::{EtaMode, ShotParams, Slot, Values};
 use crate::conventions::Mat3;
 use crate::error::{Error, Result};
+use crate::gpu::{Backend, CpuBackend, Mode, PixelBatch};
 use crate::kernel::{CrystalModel, Eta, FhklTable, KernelOutput, MosaicSpec, Param, PreparedShot, ShotModel};
 use crate::refine::likelihood::{PixelTarget, ReadNoise};
 use crate::refine::restraints;
@@ -30,19 +37,48 @@ pub fn fluence(total_flux: f64, n_sources: usize, beamsize_mm: f64) -> f64 {
     total_flux / (n_sources.max(1) as f64 * bs_m * bs_m)
 }
 
-/// The one kernel call of stage 1: Bragg values (and derivatives of `params`).
+/// The one kernel call of stage 1: Bragg values (and derivatives of `params`)
+/// of the pixels of `batch` (one shot) on `backend`.
+pub fn kernel_eval_on(
+    backend: &dyn Backend,
+    model: &ShotModel,
+    fhkl: &FhklTable,
+    params: &[Param],
+    batch: &PixelBatch,
+) -> Result<KernelOutput> {
+    if batch.n_shots() != 1 {
+        return Err(Error::param("pixels", format!("stage 1 evaluates one shot, got {}", batch.n_shots())));
+    }
+    let shot = PreparedShot::new(model, fhkl, None, params)?;
+    let mode = if params.is_empty() { Mode::Forward } else { Mode::Derivs };
+    let mut out = backend.evaluate(&[&shot], batch, mode, None)?;
+    let values =
+        out.values.pop().ok_or_else(|| Error::msg(format!("{} returned no values", backend.name())))?;
+    let derivs = if params.is_empty() { vec![] } else { out.derivs.pop().unwrap_or_default() };
+    if values.len() != batch.len()
+        || derivs.len() != params.len()
+        || derivs.iter().any(|d| d.len() != batch.len())
+    {
+        return Err(Error::msg(format!(
+            "{} returned {} values and {} derivative rows for {} pixels and {} parameters",
+            backend.name(),
+            values.len(),
+            derivs.len(),
+            batch.len(),
+            params.len()
+        )));
+    }
+    Ok(KernelOutput { values, derivs })
+}
+
+/// [`kernel_eval_on`] on the CPU kernel for a pixel list (synthetic data).
 pub fn kernel_eval(
     model: &ShotModel,
     fhkl: &FhklTable,
     params: &[Param],
     pixels: &[crate::kernel::Pixel],
 ) -> Result<KernelOutput> {
-    let shot = PreparedShot::new(model, fhkl, None, params)?;
-    if params.is_empty() {
-        Ok(KernelOutput { values: shot.forward(pixels)?, derivs: vec![] })
-    } else {
-        shot.forward_with_derivs(pixels)
-    }
+    kernel_eval_on(&CpuBackend, model, fhkl, params, &PixelBatch::single(pixels))
 }
 
 /// One shot ready to evaluate.
@@ -55,6 +91,10 @@ pub struct Problem<'a> {
     pub params: &'a ShotParams,
     /// Crystal axes (lab, at the start) for the anisotropic mosaic model.
     pub axes0: Mat3,
+    /// Where the kernel runs.
+    pub backend: &'a dyn Backend,
+    /// `data.pixels` as one batch, made once (resident on a GPU).
+    pub batch: PixelBatch,
 }
 
 /// Result of one evaluation.
@@ -71,7 +111,18 @@ pub struct Eval {
     pub derivs: Vec<Vec<f64>>,
 }
 
-impl Problem<'_> {
+impl<'a> Problem<'a> {
+    pub fn new(
+        data: &'a ShotData,
+        base: &'a ShotModel,
+        fhkl: &'a FhklTable,
+        params: &'a ShotParams,
+        axes0: Mat3,
+        backend: &'a dyn Backend,
+    ) -> Problem<'a> {
+        Problem { data, base, fhkl, params, axes0, backend, batch: PixelBatch::single(&data.pixels) }
+    }
+
     /// The kernel model at `v` (scale 1).
     pub fn shot_model(&self, v: &Values) -> Result<ShotModel> {
         let mut m = self.base.clone();
@@ -110,7 +161,7 @@ impl Problem<'_> {
         let v = self.params.values(x);
         let m = self.shot_model(&v)?;
         let kp = if grad.is_some() { self.params.kernel_params() } else { vec![] };
-        let out = kernel_eval(&m, self.fhkl, &kp, &self.data.pixels)?;
+        let out = kernel_eval_on(self.backend, &m, self.fhkl, &kp, &self.batch)?;
         let scale = self.pixel_scale(&v);
         let model: Vec<f64> =
             (0..out.values.len()).map(|i| scale[i] * out.values[i] + self.data.background[i]).collect();

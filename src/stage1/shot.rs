@@ -29,7 +29,7 @@ use std::time::Instant;
 use super::downsample::{downsample, raw_strided, DownsampleParams};
 use super::gather::{gather_from_image, gather_from_shoeboxes, GatherOptions, ShotData};
 use super::mask::PixelMask;
-use super::model::{base_crystal, fluence, kernel_eval, Problem};
+use super::model::{base_crystal, fluence, kernel_eval_on, Problem};
 use super::params::{build, lattice_system, ucell_params, ShotInit, ShotParams};
 use super::refine::{refine, Fit, Trace};
 use crate::config::HopperConfig;
@@ -37,6 +37,7 @@ use crate::conventions::{mat3_to_row_major, rot_xyz, Mat3, Vec3, EV_ANGSTROM};
 use crate::error::{Error, Result};
 use crate::experiment::{Experiment, ExperimentList};
 use crate::geometry::Detector;
+use crate::gpu::{Backend, CpuBackend, PixelBatch};
 use crate::io::spec_file::SpecEntry;
 use crate::kernel::{sources_from_spectrum, FhklTable, ShotModel};
 use crate::reflections::ReflectionTable;
@@ -65,6 +66,8 @@ pub struct RunContext {
     pub reference_detector: Option<Detector>,
     pub outdir: PathBuf,
     pub tag: String,
+    /// The kernel backend of every evaluation (its name goes into `shot_params.backend`).
+    pub backend: Arc<dyn Backend>,
     mask: Mutex<Option<Arc<PixelMask>>>,
 }
 
@@ -83,8 +86,14 @@ impl RunContext {
             reference_detector,
             outdir,
             tag: "stage1".into(),
+            backend: Arc::new(CpuBackend),
             mask: Mutex::new(None),
         }
+    }
+
+    /// The same context on another kernel backend (`new` uses the CPU).
+    pub fn with_backend(self, backend: Arc<dyn Backend>) -> RunContext {
+        RunContext { backend, ..self }
     }
 
     fn mask_for(&self, det: &Detector) -> Result<Option<Arc<PixelMask>>> {
@@ -343,7 +352,8 @@ pub fn prepare_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Pr
     } else {
         let mut m0 = base.clone();
         m0.scale = 1.0;
-        let raw = kernel_eval(&m0, &ctx.fhkl, &[], &data.pixels).map_err(fail("model_failed"))?;
+        let raw = kernel_eval_on(&*ctx.backend, &m0, &ctx.fhkl, &[], &PixelBatch::single(&data.pixels))
+            .map_err(fail("model_failed"))?;
         let scaled: Vec<f64> =
             raw.values.iter().zip(&data.roi_of).map(|(r, &k)| r * data.roi_scale_init[k as usize]).collect();
         match crate::refine::likelihood::least_squares_scale(
@@ -410,9 +420,14 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The target of this shot.
+    /// The target of this shot on the CPU kernel.
     pub fn problem<'a>(&'a self, fhkl: &'a FhklTable) -> Problem<'a> {
-        Problem { data: &self.data, base: &self.base, fhkl, params: &self.params, axes0: self.axes0 }
+        self.problem_on(fhkl, &CpuBackend)
+    }
+
+    /// The target of this shot on `backend`.
+    pub fn problem_on<'a>(&'a self, fhkl: &'a FhklTable, backend: &'a dyn Backend) -> Problem<'a> {
+        Problem::new(&self.data, &self.base, fhkl, &self.params, self.axes0, backend)
     }
 }
 
@@ -442,7 +457,7 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
         flux,
         nabc0,
     } = prepare_shot(ctx, task)?;
-    let problem = Problem { data: &data, base: &base, fhkl: &ctx.fhkl, params: &params, axes0 };
+    let problem = Problem::new(&data, &base, &ctx.fhkl, &params, axes0, &*ctx.backend);
     let x0 = params.set.x0();
     let fit: Fit = if x0.is_empty() {
         return Err(ShotFailure {
@@ -571,7 +586,7 @@ pub fn process_shot(ctx: &RunContext, task: &ShotTask) -> std::result::Result<Sh
         ("refl_name", str_v(erow.refl_name.clone().unwrap_or_default())),
         ("opt_exp_name", str_v(expt_path.to_string_lossy().into_owned())),
         ("status", str_v(fit.status.clone())),
-        ("backend", str_v("cpu".into())),
+        ("backend", str_v(ctx.backend.name().into())),
         ("n_evals", (fit.n_evals as i64).into()),
         ("wall_time_s", wall.into()),
         ("f_final", fit.eval.f.into()),

@@ -38,6 +38,12 @@
 //!   table is over primitive indices with ASU ids of their conventional
 //!   indices ([`sf`]). T3.9 one f64 allreduce per evaluation.
 //!
+//! # Kernel backend
+//! `--device cpu|cuda|auto` ([`run_with_backend`]; [`run`] and [`prepare`]
+//! take `auto`): every kernel evaluation runs on it, several shots per launch
+//! with pixels resident on a GPU ([`target`]); each `shot_params` row and the
+//! summary record its name.
+//!
 //! # Outputs (all in the store's catalog, rank 0 unless said)
 //! `fhkl` rows per checkpoint and final (tag = `--saveTag`), `traces` (shot_id
 //! null, stage = tag), `shot_params` (stage = tag, each rank its shots), MTZs
@@ -71,6 +77,7 @@ use crate::crystal::UnitCell;
 use crate::dist::{longest_first, Comm};
 use crate::error::{io_err, Error, Result};
 use crate::experiment::ExperimentList;
+use crate::gpu::{select, Backend, DeviceChoice};
 use crate::refine::lbfgsb::{
     minimize_resumable, Control, Event, Options, Progress, State, StateView, Status,
 };
@@ -143,6 +150,9 @@ impl RunOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunSummary {
     pub tag: String,
+    /// The kernel backend ([`Backend::name`]) and its description (rank 0's).
+    pub backend: String,
+    pub device: String,
     pub n_ranks: usize,
     pub threads_per_rank: usize,
     pub n_shots: usize,
@@ -444,9 +454,25 @@ pub struct Prepared {
     pub threads: usize,
 }
 
-/// Load everything a run needs (collective). Refuses to start a run whose
-/// tag already has results unless `opts.restart`.
+/// Shots per backend launch on a GPU (the CPU evaluates shot by shot).
+pub const GPU_SHOTS_PER_LAUNCH: usize = 32;
+
+/// [`prepare_with_backend`] with `--device auto`.
 pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<Prepared> {
+    check_config(cfg)?;
+    let backend = select(DeviceChoice::Auto, comm)?;
+    prepare_with_backend(cfg, opts, comm, backend.into())
+}
+
+/// Load everything a run needs (collective), every kernel evaluation on
+/// `backend`. Refuses to start a run whose tag already has results unless
+/// `opts.restart`.
+pub fn prepare_with_backend(
+    cfg: &EnsHopperConfig,
+    opts: &RunOptions,
+    comm: &dyn Comm,
+    backend: std::sync::Arc<dyn Backend>,
+) -> Result<Prepared> {
     check_config(cfg)?;
     if opts.tag.is_empty()
         || !opts.tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
@@ -660,7 +686,7 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
         n_bins: cfg.fhkl_dspace_bins,
     };
     let plan = restraints::RestraintPlan::new(rcfg, &layout)?;
-    let problem = Problem::new(
+    let mut problem = Problem::new(
         local_shots,
         global.len(),
         n_per_shot,
@@ -671,6 +697,9 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
         cfg.roi.allow_overlapping_spots,
         threads,
     )?;
+    let per_launch = if backend.name() == "cpu" { 1 } else { GPU_SHOTS_PER_LAUNCH };
+    log(comm, opts, &format!("kernel backend: {}, {per_launch} shot(s) per launch", backend.describe()));
+    problem.set_backend(backend, per_launch);
     let (npix, ntrust) = problem.pixel_counts();
     let mut sizes = vec![npix as f64, ntrust as f64, problem.pixel_bytes() as f64];
     comm.allreduce_sum(&mut sizes);
@@ -730,8 +759,21 @@ pub fn prepare(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Res
     })
 }
 
-/// Run stage 2. Collective: every rank calls it with the same arguments.
+/// Run stage 2 with `--device auto`. Collective: every rank calls it with
+/// the same arguments.
 pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<RunSummary> {
+    check_config(cfg)?;
+    let backend = select(DeviceChoice::Auto, comm)?;
+    run_with_backend(cfg, opts, comm, backend.into())
+}
+
+/// Run stage 2, every kernel evaluation on `backend` (collective).
+pub fn run_with_backend(
+    cfg: &EnsHopperConfig,
+    opts: &RunOptions,
+    comm: &dyn Comm,
+    backend: std::sync::Arc<dyn Backend>,
+) -> Result<RunSummary> {
     let Prepared {
         mut store,
         problem,
@@ -744,7 +786,7 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
         sizes,
         bytes_per_pixel_disk: bpp_disk,
         threads,
-    } = prepare(cfg, opts, comm)?;
+    } = prepare_with_backend(cfg, opts, comm, backend)?;
     let (rank, nranks) = (comm.rank(), comm.size());
     let _ = rank;
     let n_chan = problem.layout.n_chan;
@@ -1008,6 +1050,8 @@ pub fn run(cfg: &EnsHopperConfig, opts: &RunOptions, comm: &dyn Comm) -> Result<
     let spe = if d.eval_seconds.is_empty() { f64::NAN } else { secs / d.eval_seconds.len() as f64 };
     let summary = RunSummary {
         tag: opts.tag.clone(),
+        backend: problem.backend().name().to_string(),
+        device: problem.backend().describe(),
         n_ranks: nranks,
         threads_per_rank: threads,
         n_shots: global.len(),
@@ -1116,6 +1160,7 @@ fn shot_row(
         total_flux: r.total_flux,
         beamsize_mm: r.beamsize_mm,
         oversample: inp.oversample as i32,
+        backend: p.backend().name().to_string(),
     })
 }
 

@@ -293,6 +293,8 @@ pub struct ShotRow {
     pub total_flux: Option<f64>,
     pub beamsize_mm: Option<f64>,
     pub oversample: i32,
+    /// The kernel backend that evaluated the shot ([`crate::gpu::Backend::name`]).
+    pub backend: String,
 }
 
 /// Append rows (stage = tag; iteration: None for the final result, Some(N)
@@ -317,7 +319,7 @@ pub fn write_shot_rows(
             ("exp_idx", r.exp_idx.into()),
             ("refl_name", r.refl_name.clone().into()),
             ("status", (&r.status).into()),
-            ("backend", "cpu".into()),
+            ("backend", (&r.backend).into()),
             ("n_evals", r.n_evals.into()),
             ("wall_time_s", r.wall_time_s.into()),
             ("f_final", r.f_final.into()),

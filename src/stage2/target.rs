@@ -24,19 +24,39 @@
 //! the data alone). The reference sums squares of per-sub-step derivatives
 //! and drops the background from v, which overestimates σ.
 //!
+//! # Kernel backend and launches
+//! Every kernel evaluation goes through the problem's [`Backend`]
+//! (`--device`, [`Problem::set_backend`]). The local shots are cut into
+//! launches of `shots_per_launch` consecutive shots; one evaluation makes two
+//! backend calls per launch: values + ∂raw/∂θ of all its shots, then the
+//! Fhkl-scale gradient with the launch's concatenated weights (summed over
+//! its shots by the backend). The curvature pass makes one forward call per
+//! launch; its Fhkl curvature runs on the CPU kernel (the backend interface
+//! has no curvature mode; it is computed once per checkpoint, not per
+//! evaluation).
+//! * CPU (one shot per launch): the pixel list is rebuilt per evaluation from
+//!   the compact pixel records (keeping memory at the data's ≈ 9–12 B/pixel).
+//! * Other backends (GPU): each launch's pixels are one [`PixelBatch`] made
+//!   once, so the device keeps them resident across evaluations; their host
+//!   copy is counted in [`Problem::pixel_bytes`].
+//!
 //! # Determinism (for replicated optimisers, restarts and rank counts)
-//! Shots are evaluated in parallel, but each shot runs inside its own
-//! one-thread rayon pool, so its kernel sums have a fixed order; per-shot
-//! results are then added in shot order. An evaluation is therefore bitwise
-//! reproducible for a given rank count; across rank counts only the order of
-//! the final MPI sum differs (≈1e-16 relative).
+//! Launches are evaluated in parallel, but each runs inside its own
+//! one-thread rayon pool, so the CPU kernel's sums have a fixed order;
+//! results are then added in shot order. An evaluation on the CPU is
+//! therefore bitwise reproducible for a given rank count; across rank counts
+//! only the order of the final MPI sum differs (≈1e-16 relative). A GPU's
+//! Fhkl gradient is summed with atomics, so its last bits may vary between
+//! runs; every rank still receives the same allreduced sums.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::dist::Comm;
 use crate::error::{Error, Result};
-use crate::kernel::{FhklScales, FhklTable, PreparedShot};
+use crate::gpu::{Backend, CpuBackend, Mode, PixelBatch};
+use crate::kernel::{FhklScales, FhklTable, KernelOutput, PreparedShot};
 use crate::refine::likelihood::{PixelTarget, ReadNoise};
 
 use super::data::ShotPixels;
@@ -67,6 +87,15 @@ pub struct Problem {
     /// Divide each pixel's term by its overlap multiplicity.
     pub use_freq: bool,
     pools: Vec<rayon::ThreadPool>,
+    backend: Arc<dyn Backend>,
+    launches: Vec<Launch>,
+}
+
+/// Consecutive local shots evaluated by one backend call.
+struct Launch {
+    shots: Range<usize>,
+    /// Their pixels, made once (resident on a GPU); `None`: rebuilt per call.
+    batch: Option<PixelBatch>,
 }
 
 /// f, its gradient and diagnostics at one x (identical on every rank).
@@ -99,10 +128,16 @@ pub struct Curvature {
     pub shots: Vec<ShotSummary>,
 }
 
+/// One shot's part of an evaluation.
 struct ShotResult {
     f: f64,
     sigz: f64,
     g_block: Vec<f64>,
+}
+
+/// One launch's part of an evaluation: its shots and their summed Fhkl gradient.
+struct LaunchResult {
+    shots: Vec<ShotResult>,
     sparse: Vec<(u32, f64)>,
 }
 
@@ -115,9 +150,14 @@ fn sparse_of(v: Vec<f64>) -> Vec<(u32, f64)> {
     v.into_iter().enumerate().filter(|(_, x)| *x != 0.0).map(|(i, x)| (i as u32, x)).collect()
 }
 
-/// A prepared shot, its pixel list, raw values, ∂raw/∂θ rows and parameter values.
-type ShotModelParts<'t> =
-    (PreparedShot<'t>, Vec<crate::kernel::Pixel>, Vec<f64>, Vec<Vec<f64>>, super::params::ShotValues);
+/// The prepared shots of a launch, their pixels, kernel outputs and parameter values.
+struct LaunchModel<'t> {
+    preps: Vec<PreparedShot<'t>>,
+    /// Transient pixels (CPU); `None` when the launch keeps its own batch.
+    batch: Option<PixelBatch>,
+    outputs: Vec<KernelOutput>,
+    vals: Vec<super::params::ShotValues>,
+}
 
 /// The per-shot work arrays of one evaluation.
 struct Pixels {
@@ -167,6 +207,7 @@ impl Problem {
             .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::msg(format!("cannot start worker threads: {e}")))?;
+        let launches = (0..shots.len()).map(|i| Launch { shots: i..i + 1, batch: None }).collect();
         Ok(Problem {
             shots,
             n_shots_total,
@@ -177,7 +218,39 @@ impl Problem {
             restraints,
             use_freq,
             pools,
+            backend: Arc::new(CpuBackend),
+            launches,
         })
+    }
+
+    /// Run every kernel evaluation on `backend`, `shots_per_launch` shots per
+    /// call. With more than one shot per launch, or a backend other than the
+    /// CPU, each launch's pixels become one batch made here (resident on a GPU).
+    pub fn set_backend(&mut self, backend: Arc<dyn Backend>, shots_per_launch: usize) {
+        let per = shots_per_launch.max(1);
+        let keep = per > 1 || backend.name() != "cpu";
+        let n = self.shots.len();
+        self.launches = (0..n)
+            .step_by(per)
+            .map(|a| {
+                let r = a..(a + per).min(n);
+                let batch = keep.then(|| {
+                    PixelBatch::new(self.shots[r.clone()].iter().map(|s| s.pixels.kernel_pixels()).collect())
+                });
+                Launch { shots: r, batch }
+            })
+            .collect();
+        self.backend = backend;
+    }
+
+    /// The backend every kernel evaluation runs on.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Number of backend launches per evaluation pass (local).
+    pub fn n_launches(&self) -> usize {
+        self.launches.len()
     }
 
     /// Length of x.
@@ -206,10 +279,10 @@ impl Problem {
         }
     }
 
-    /// Run `f` on every local shot, in parallel, each inside its own
-    /// one-thread pool; results in shot order.
-    fn map_shots<R: Send>(&self, f: impl Fn(&LocalShot) -> Result<R> + Sync) -> Result<Vec<R>> {
-        let n = self.shots.len();
+    /// Run `f` on every launch, in parallel, each inside its own one-thread
+    /// pool; results in launch (= shot) order.
+    fn map_launches<R: Send>(&self, f: impl Fn(&Launch) -> Result<R> + Sync) -> Result<Vec<R>> {
+        let n = self.launches.len();
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<Result<R>>>> = (0..n).map(|_| Mutex::new(None)).collect();
         std::thread::scope(|sc| {
@@ -221,7 +294,7 @@ impl Problem {
                         if i >= n {
                             break;
                         }
-                        let r = f(&self.shots[i]);
+                        let r = f(&self.launches[i]);
                         *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                     })
                 });
@@ -240,32 +313,102 @@ impl Problem {
         ))
     }
 
-    /// Model pieces of one shot at x: (raw, ∂raw/∂θ rows, the prepared shot's
-    /// pixel list, values).
-    fn shot_model<'t>(
+    /// The kernel on a launch's shots at x: values, and ∂raw/∂θ rows with `derivs`.
+    fn launch_model<'t>(
         &'t self,
-        shot: &LocalShot,
+        l: &Launch,
         x: &[f64],
         scales: &FhklScales,
         derivs: bool,
-    ) -> Result<ShotModelParts<'t>> {
-        let vals = shot.params.values(self.shot_block(x, shot.index));
-        let model = shot.input.model(vals.rot, vals.nabc, &vals.ucell)?;
-        let kp = if derivs { shot.params.kernel_params() } else { vec![] };
-        let prep = PreparedShot::new(&model, &self.table, Some(scales), &kp)?;
-        let pixels = shot.pixels.kernel_pixels();
-        let (raw, d) = if kp.is_empty() {
-            (prep.forward(&pixels)?, vec![])
-        } else {
-            let o = prep.forward_with_derivs(&pixels)?;
-            (o.values, o.derivs)
+    ) -> Result<LaunchModel<'t>> {
+        let shots = &self.shots[l.shots.clone()];
+        let mut preps = Vec::with_capacity(shots.len());
+        let mut vals = Vec::with_capacity(shots.len());
+        let mut any_params = false;
+        for shot in shots {
+            let v = shot.params.values(self.shot_block(x, shot.index));
+            let model = shot.input.model(v.rot, v.nabc, &v.ucell).map_err(|e| Self::shot_error(shot, e))?;
+            let kp = if derivs { shot.params.kernel_params() } else { vec![] };
+            any_params |= !kp.is_empty();
+            preps.push(
+                PreparedShot::new(&model, &self.table, Some(scales), &kp)
+                    .map_err(|e| Self::shot_error(shot, e))?,
+            );
+            vals.push(v);
+        }
+        let transient = match &l.batch {
+            Some(_) => None,
+            None => Some(PixelBatch::new(shots.iter().map(|s| s.pixels.kernel_pixels()).collect())),
         };
-        Ok((prep, pixels, raw, d, vals))
+        let batch = l.batch.as_ref().or(transient.as_ref()).expect("one of the two");
+        let refs: Vec<&PreparedShot> = preps.iter().collect();
+        let mode = if any_params { Mode::Derivs } else { Mode::Forward };
+        let out = self.backend.evaluate(&refs, batch, mode, None).map_err(|e| self.launch_error(l, e))?;
+        if out.values.len() != shots.len() {
+            return Err(self.launch_error(
+                l,
+                Error::msg(format!("{} returned {} value lists", self.backend.name(), out.values.len())),
+            ));
+        }
+        let mut derivs_it = out.derivs.into_iter();
+        let outputs = out
+            .values
+            .into_iter()
+            .map(|values| KernelOutput {
+                values,
+                derivs: if any_params { derivs_it.next().unwrap_or_default() } else { vec![] },
+            })
+            .collect();
+        Ok(LaunchModel { preps, batch: transient, outputs, vals })
     }
 
-    fn eval_shot(&self, shot: &LocalShot, x: &[f64], scales: &FhklScales) -> Result<ShotResult> {
-        let (prep, pixels, raw, derivs, vals) = self.shot_model(shot, x, scales, true)?;
+    fn launch_error(&self, l: &Launch, e: Error) -> Error {
+        match &self.shots[l.shots.clone()] {
+            [one] => Self::shot_error(one, e),
+            many => Error::msg(format!(
+                "shots {}..{} (one {} launch): {e}",
+                many[0].input.shot_id,
+                many[many.len() - 1].input.shot_id,
+                self.backend.name()
+            )),
+        }
+    }
+
+    fn eval_launch(&self, l: &Launch, x: &[f64], scales: &FhklScales) -> Result<LaunchResult> {
+        let lm = self.launch_model(l, x, scales, true)?;
+        let batch = l.batch.as_ref().or(lm.batch.as_ref()).expect("one of the two");
+        let shots = &self.shots[l.shots.clone()];
+        let mut out = Vec::with_capacity(shots.len());
+        let mut weights = Vec::with_capacity(batch.len());
+        for (i, shot) in shots.iter().enumerate() {
+            let r = self
+                .shot_target(shot, &lm.outputs[i], &lm.vals[i], &mut weights)
+                .map_err(|e| Self::shot_error(shot, e))?;
+            out.push(r);
+        }
+        let refs: Vec<&PreparedShot> = lm.preps.iter().collect();
+        let dense = self
+            .backend
+            .evaluate(&refs, batch, Mode::FhklGrad, Some(&weights))
+            .map_err(|e| self.launch_error(l, e))?
+            .fhkl_grad;
+        Ok(LaunchResult { shots: out, sparse: sparse_of(dense) })
+    }
+
+    /// One shot's f, sigZ and block gradient from its kernel output; appends
+    /// its Fhkl weights `G·∂f/∂μ` to `weights`.
+    fn shot_target(
+        &self,
+        shot: &LocalShot,
+        k_out: &KernelOutput,
+        vals: &super::params::ShotValues,
+        weights: &mut Vec<f64>,
+    ) -> Result<ShotResult> {
+        let (raw, derivs) = (&k_out.values, &k_out.derivs);
         let px = pixel_arrays(&shot.pixels, self.use_freq);
+        if raw.len() != px.data.len() {
+            return Err(Error::msg(format!("{} values for {} pixels", raw.len(), px.data.len())));
+        }
         let g = vals.g;
         let mu: Vec<f64> = raw.iter().zip(&px.bg).map(|(r, b)| g * r + b).collect();
         let mut t = PixelTarget::new(&px.data, ReadNoise::PerPixel(&px.s2))?.with_trusted(&px.trusted)?;
@@ -277,17 +420,17 @@ impl Problem {
         let mut k = 0;
         for (j, kind) in shot.params.kinds.iter().enumerate() {
             let s = if *kind == ShotParamKind::G {
-                dot(&e.dfdm, &raw)
+                dot(&e.dfdm, raw)
             } else {
-                let v = g * dot(&e.dfdm, &derivs[k]);
+                let row = derivs.get(k).ok_or_else(|| Error::msg("missing derivative row"))?;
+                let v = g * dot(&e.dfdm, row);
                 k += 1;
                 v
             };
             g_block[j] = s * vals.dvalue_dx[j];
         }
-        let w: Vec<f64> = e.dfdm.iter().map(|d| d * g).collect();
-        let dense = prep.fhkl_scale_gradient(&pixels, &w)?;
-        Ok(ShotResult { f: e.f, sigz: e.sigz, g_block, sparse: sparse_of(dense) })
+        weights.extend(e.dfdm.iter().map(|d| d * g));
+        Ok(ShotResult { f: e.f, sigz: e.sigz, g_block })
     }
 
     /// f and ∇f at x (collective: every rank must call it with the same x).
@@ -296,7 +439,7 @@ impl Problem {
             return Err(Error::msg(format!("x has {} coordinates, the problem {}", x.len(), self.n_x())));
         }
         let scales = self.kernel_scales(x);
-        let results = self.map_shots(|s| self.eval_shot(s, x, &scales).map_err(|e| Self::shot_error(s, e)));
+        let results = self.map_launches(|l| self.eval_launch(l, x, &scales));
         // Every rank must reach the reduction, also when a shot failed here:
         // the failure travels as a flag through it.
         let n_slots = self.layout.n_asu() * self.layout.n_chan;
@@ -304,12 +447,14 @@ impl Problem {
         let mut buf = vec![0.0; 3 + n_shot + n_slots];
         let local_err = match results {
             Ok(rs) => {
-                for (shot, r) in self.shots.iter().zip(rs) {
-                    buf[0] += r.f;
-                    buf[1] += r.sigz;
-                    let o = 3 + shot.index * self.n_per_shot;
-                    buf[o..o + self.n_per_shot].copy_from_slice(&r.g_block);
-                    for (i, v) in r.sparse {
+                for (l, lr) in self.launches.iter().zip(rs) {
+                    for (shot, r) in self.shots[l.shots.clone()].iter().zip(lr.shots) {
+                        buf[0] += r.f;
+                        buf[1] += r.sigz;
+                        let o = 3 + shot.index * self.n_per_shot;
+                        buf[o..o + self.n_per_shot].copy_from_slice(&r.g_block);
+                    }
+                    for (i, v) in lr.sparse {
                         buf[3 + n_shot + i as usize] += v;
                     }
                 }
@@ -349,10 +494,34 @@ impl Problem {
         })
     }
 
-    fn curv_shot(&self, shot: &LocalShot, x: &[f64], scales: &FhklScales) -> Result<ShotCurv> {
-        let (prep, pixels, raw, _, vals) = self.shot_model(shot, x, scales, false)?;
+    /// The curvature pass of one launch: the values on the backend, the Fhkl
+    /// curvature of each shot on the CPU kernel (see the module doc).
+    fn curv_launch(&self, l: &Launch, x: &[f64], scales: &FhklScales) -> Result<Vec<ShotCurv>> {
+        let lm = self.launch_model(l, x, scales, false)?;
+        let batch = l.batch.as_ref().or(lm.batch.as_ref()).expect("one of the two");
+        let shots = &self.shots[l.shots.clone()];
+        let mut out = Vec::with_capacity(shots.len());
+        for (i, shot) in shots.iter().enumerate() {
+            let c = self
+                .curv_shot(shot, &lm.preps[i], batch.shot(i), &lm.outputs[i].values, lm.vals[i].g)
+                .map_err(|e| Self::shot_error(shot, e))?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn curv_shot(
+        &self,
+        shot: &LocalShot,
+        prep: &PreparedShot,
+        pixels: &[crate::kernel::Pixel],
+        raw: &[f64],
+        g: f64,
+    ) -> Result<ShotCurv> {
         let px = pixel_arrays(&shot.pixels, self.use_freq);
-        let g = vals.g;
+        if raw.len() != px.data.len() {
+            return Err(Error::msg(format!("{} values for {} pixels", raw.len(), px.data.len())));
+        }
         let mu: Vec<f64> = raw.iter().zip(&px.bg).map(|(r, b)| g * r + b).collect();
         let mut t = PixelTarget::new(&px.data, ReadNoise::PerPixel(&px.s2))?.with_trusted(&px.trusted)?;
         if let Some(fq) = &px.freq {
@@ -360,9 +529,9 @@ impl Problem {
         }
         let e = t.evaluate(&mu)?;
         let w = t.fisher_weights(&mu)?;
-        let h_g: f64 = w.iter().zip(&raw).map(|(w, r)| w * r * r).sum();
+        let h_g: f64 = w.iter().zip(raw).map(|(w, r)| w * r * r).sum();
         let wg: Vec<f64> = w.iter().map(|v| v * g * g).collect();
-        let dense = prep.fhkl_scale_curvature(&pixels, &wg, &self.layout.key, self.layout.n_params())?;
+        let dense = prep.fhkl_scale_curvature(pixels, &wg, &self.layout.key, self.layout.n_params())?;
         Ok(ShotCurv {
             summary: ShotSummary {
                 index: shot.index,
@@ -377,7 +546,9 @@ impl Problem {
     /// The curvature pass at x (collective).
     pub fn curvature(&self, x: &[f64], comm: &dyn Comm) -> Result<Curvature> {
         let scales = self.kernel_scales(x);
-        let results = self.map_shots(|s| self.curv_shot(s, x, &scales).map_err(|e| Self::shot_error(s, e)));
+        let results = self
+            .map_launches(|l| self.curv_launch(l, x, &scales))
+            .map(|v| v.into_iter().flatten().collect::<Vec<_>>());
         let mut buf = vec![0.0; 1 + self.layout.n_params()];
         let (shots, local_err) = match results {
             Ok(rs) => {
@@ -410,9 +581,15 @@ impl Problem {
         self.shots.iter().fold((0, 0), |(a, b), s| (a + s.pixels.n_pixels(), b + s.pixels.n_trusted()))
     }
 
-    /// Heap bytes of this rank's pixel data.
+    /// Heap bytes of this rank's pixel data (with the launches' kept pixel lists).
     pub fn pixel_bytes(&self) -> usize {
-        self.shots.iter().map(|s| s.pixels.heap_bytes()).sum()
+        let kept: usize = self
+            .launches
+            .iter()
+            .filter_map(|l| l.batch.as_ref())
+            .map(|b| b.len() * std::mem::size_of::<crate::kernel::Pixel>())
+            .sum();
+        self.shots.iter().map(|s| s.pixels.heap_bytes()).sum::<usize>() + kept
     }
 }
 
