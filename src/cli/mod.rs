@@ -46,7 +46,7 @@ pub enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// Inspect configuration: effective values of phil files, or one parameter's documentation.
     Config(config::ConfigArgs),
-    /// Benchmarks (`bench kernel`).
+    /// Benchmarks: `bench kernel`, `bench stage1`, `bench stage2` (throughput, seconds per shot, --device).
     Bench(bench::BenchArgs),
     /// Print version and build information.
     Info,
