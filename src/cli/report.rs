@@ -89,24 +89,8 @@ pub fn read_residuals(store: &Store) -> Result<Vec<ResidualRow>> {
             mi.column(1).as_primitive::<Int32Type>().clone(),
             mi.column(2).as_primitive::<Int32Type>().clone(),
         );
-        let names = [
-            "d",
-            "two_theta_obs_deg",
-            "two_theta_cal_deg",
-            "obs_x_px",
-            "obs_y_px",
-            "cal_x_px",
-            "cal_y_px",
-            "obs_x_mm",
-            "obs_y_mm",
-            "cal_x_mm",
-            "cal_y_mm",
-            "radial_mm",
-            "transverse_mm",
-            "delpsi_deg",
-            "obs_var_mm2",
-            "wavelength",
-        ];
+        // The f64 columns, in schema order after the key and index columns.
+        let names = &ResidualRow::COLUMNS[5..];
         let v: Vec<Vec<f64>> = names.iter().map(|n| f(n)).collect::<Result<_>>()?;
         for i in 0..b.num_rows() {
             let m = ModelKind::parse(model.value(i))
