@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::experiment::ExperimentList;
 use crate::io::{dials_refl, lam, spec_file};
-use crate::reflections::{Column, ReflectionTable};
 use crate::spectrum::Spectrum;
 use crate::store::builder::BatchBuilder;
-use crate::store::reflections::{reflections_batch, RawColumnRef, ReflectionColumns};
+use crate::store::reflections::reflections_batch;
 use crate::store::rows::{ExperimentRow, FailureRow, SpectrumRow};
 use crate::store::schema::Table;
 use crate::store::{shot_id, Store};
@@ -48,32 +47,6 @@ pub struct ImportSummary {
     pub failures: usize,
     /// DIALS columns present in the inputs that the `reflections` table does not hold.
     pub skipped_columns: Vec<String>,
-}
-
-/// Adapter: a DIALS reflection table as seen by the store's converter.
-struct TableColumns<'a>(&'a ReflectionTable);
-
-impl ReflectionColumns for TableColumns<'_> {
-    fn nrows(&self) -> usize {
-        self.0.nrows()
-    }
-    fn column(&self, name: &str) -> Option<RawColumnRef<'_>> {
-        Some(match self.0.column(name).ok()? {
-            Column::Bool(v) => RawColumnRef::Bool(v),
-            Column::Int(v) => RawColumnRef::Int(v),
-            Column::Size(v) => RawColumnRef::Size(v),
-            Column::Double(v) => RawColumnRef::Double(v),
-            Column::Vec2(v) => RawColumnRef::Vec2(v),
-            Column::Vec3(v) => RawColumnRef::Vec3(v),
-            Column::Mat3(v) => RawColumnRef::Mat3(v),
-            Column::Int6(v) => RawColumnRef::Int6(v),
-            Column::Miller(v) => RawColumnRef::Miller(v),
-            Column::Shoebox(_) => return None,
-        })
-    }
-    fn column_names(&self) -> Vec<String> {
-        self.0.column_names().map(str::to_string).collect()
-    }
 }
 
 /// Import `sources` into the store at `out` (created if needed).
@@ -158,7 +131,7 @@ pub fn import(sources: &[ImportSource], out: &Path) -> Result<ImportSummary> {
             }
             let rows: Vec<usize> =
                 ids.iter().enumerate().filter(|(_, &id)| id == i as i32).map(|(r, _)| r).collect();
-            let (batch, skipped) = reflections_batch(sid, &TableColumns(refl), &rows)?;
+            let (batch, skipped) = reflections_batch(sid, refl, &rows)?;
             for c in skipped {
                 if !summary.skipped_columns.contains(&c) {
                     summary.skipped_columns.push(c);

@@ -103,9 +103,9 @@ use crate::image::{open_image_source, Image};
 use crate::io::dials_expt::write_experiments;
 use crate::io::dials_refl::write_refl;
 use crate::io::mask::{read_mask, TrustedMask};
-use crate::reflections::{Column, ReflectionTable};
+use crate::reflections::ReflectionTable;
 use crate::spectrum::Spectrum;
-use crate::store::reflections::{reflections_batch, RawColumnRef, ReflectionColumns};
+use crate::store::reflections::reflections_batch;
 use crate::store::rows::FailureRow;
 use crate::store::schema::Table;
 use crate::store::{BatchBuilder, Store};
@@ -948,32 +948,6 @@ pub struct RunSummary {
     pub notes: Vec<String>,
 }
 
-/// Adapter: a DIALS reflection table as the store's converter sees it.
-struct TableColumns<'a>(&'a ReflectionTable);
-
-impl ReflectionColumns for TableColumns<'_> {
-    fn nrows(&self) -> usize {
-        self.0.nrows()
-    }
-    fn column(&self, name: &str) -> Option<RawColumnRef<'_>> {
-        Some(match self.0.column(name).ok()? {
-            Column::Bool(v) => RawColumnRef::Bool(v),
-            Column::Int(v) => RawColumnRef::Int(v),
-            Column::Size(v) => RawColumnRef::Size(v),
-            Column::Double(v) => RawColumnRef::Double(v),
-            Column::Vec2(v) => RawColumnRef::Vec2(v),
-            Column::Vec3(v) => RawColumnRef::Vec3(v),
-            Column::Mat3(v) => RawColumnRef::Mat3(v),
-            Column::Int6(v) => RawColumnRef::Int6(v),
-            Column::Miller(v) => RawColumnRef::Miller(v),
-            Column::Shoebox(_) => return None,
-        })
-    }
-    fn column_names(&self) -> Vec<String> {
-        self.0.column_names().map(str::to_string).collect()
-    }
-}
-
 /// Set `id` and `imageset_id` of every row, and the identifier map.
 fn set_id(t: &mut ReflectionTable, id: i32, identifier: &str) -> Result<()> {
     let n = t.nrows();
@@ -1211,7 +1185,7 @@ fn run_inner(
         let rows_of_shot: Vec<usize> = (row0..row0 + st.nrows()).collect();
         row0 += st.nrows();
         if !rows_of_shot.is_empty() {
-            refl_batches.push(reflections_batch(r.shot_id, &TableColumns(&all_strong), &rows_of_shot)?.0);
+            refl_batches.push(reflections_batch(r.shot_id, &all_strong, &rows_of_shot)?.0);
         }
     }
     store.append_builder(&mut pred_rows)?;

@@ -28,6 +28,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnSpec, ColumnType, Table};
 use crate::error::{Error, Result};
+use crate::reflections::ReflectionTable;
 
 /// A borrowed DIALS column (element types of formats.md §2.2).
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +86,31 @@ pub trait ReflectionColumns {
     fn column(&self, dials_name: &str) -> Option<RawColumnRef<'_>>;
     /// All column names (including unsupported ones such as `shoebox`).
     fn column_names(&self) -> Vec<String>;
+}
+
+// A DIALS reflection table is what the importer reads (shoeboxes are left out).
+impl ReflectionColumns for crate::reflections::ReflectionTable {
+    fn nrows(&self) -> usize {
+        ReflectionTable::nrows(self)
+    }
+    fn column(&self, name: &str) -> Option<RawColumnRef<'_>> {
+        use crate::reflections::Column;
+        Some(match ReflectionTable::column(self, name).ok()? {
+            Column::Bool(v) => RawColumnRef::Bool(v),
+            Column::Int(v) => RawColumnRef::Int(v),
+            Column::Size(v) => RawColumnRef::Size(v),
+            Column::Double(v) => RawColumnRef::Double(v),
+            Column::Vec2(v) => RawColumnRef::Vec2(v),
+            Column::Vec3(v) => RawColumnRef::Vec3(v),
+            Column::Mat3(v) => RawColumnRef::Mat3(v),
+            Column::Int6(v) => RawColumnRef::Int6(v),
+            Column::Miller(v) => RawColumnRef::Miller(v),
+            Column::Shoebox(_) => return None,
+        })
+    }
+    fn column_names(&self) -> Vec<String> {
+        ReflectionTable::column_names(self).map(str::to_string).collect()
+    }
 }
 
 /// An owned DIALS column.
