@@ -65,36 +65,9 @@ pub fn mean_wavelength(
     pixels: &[Pixel],
     values: Option<&[f64]>,
 ) -> Result<Vec<f64>> {
-    let a_owned;
-    let a: &[f64] = match values {
-        Some(v) => {
-            if v.len() != pixels.len() {
-                return Err(Error::param(
-                    "values",
-                    format!("{} values for {} pixels", v.len(), pixels.len()),
-                ));
-            }
-            v
-        }
-        None => {
-            a_owned = forward_pixels(backend, model, fhkl, pixels.to_vec())?;
-            &a_owned
-        }
-    };
-    // The second pass: weights w_c·λ'_c. The kernel renormalises weights to
-    // sum 1, so B/A is rescaled by Σwλ'/Σw (everything source-independent cancels).
-    let [l0, l1] = model.lambda_coef;
-    let mut weighted = model.clone();
-    let (mut w_sum, mut wl_sum) = (0.0, 0.0);
-    for s in &mut weighted.sources {
-        let lp = l0 + l1 * s.wavelength;
-        w_sum += s.weight;
-        wl_sum += s.weight * lp;
-        s.weight *= lp;
-    }
-    let b = forward_pixels(backend, &weighted, fhkl, pixels.to_vec())?;
-    let scale = wl_sum / w_sum;
-    Ok(a.iter().zip(&b).map(|(&a, &b)| if a > 0.0 { b / a * scale } else { f64::NAN }).collect())
+    crate::kernel::wavelength::mean_wavelength_with(model, pixels.len(), values, |m| {
+        forward_pixels(backend, m, fhkl, pixels.to_vec())
+    })
 }
 
 #[cfg(test)]

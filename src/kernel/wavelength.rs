@@ -33,19 +33,30 @@ pub fn mean_wavelength(
     pixels: &[Pixel],
     values: Option<&[f64]>,
 ) -> Result<Vec<f64>> {
+    mean_wavelength_with(model, pixels.len(), values, |m| {
+        PreparedShot::new(m, fhkl, None, &[])?.forward(pixels)
+    })
+}
+
+/// The two-pass λ̄ of `n` pixels with any evaluator of the model's values
+/// (`forward(m)` = the values of those pixels under model `m`), so every
+/// backend shares one definition.
+pub fn mean_wavelength_with(
+    model: &ShotModel,
+    n: usize,
+    values: Option<&[f64]>,
+    forward: impl Fn(&ShotModel) -> Result<Vec<f64>>,
+) -> Result<Vec<f64>> {
     let a_owned;
     let a: &[f64] = match values {
         Some(v) => {
-            if v.len() != pixels.len() {
-                return Err(Error::param(
-                    "values",
-                    format!("{} values for {} pixels", v.len(), pixels.len()),
-                ));
+            if v.len() != n {
+                return Err(Error::param("values", format!("{} values for {n} pixels", v.len())));
             }
             v
         }
         None => {
-            a_owned = PreparedShot::new(model, fhkl, None, &[])?.forward(pixels)?;
+            a_owned = forward(model)?;
             &a_owned
         }
     };
@@ -61,7 +72,7 @@ pub fn mean_wavelength(
     }
     // `PreparedShot::new` validates the corrected wavelengths (> 0), so the
     // weighted model is valid whenever the original is.
-    let b = PreparedShot::new(&weighted, fhkl, None, &[])?.forward(pixels)?;
+    let b = forward(&weighted)?;
     let scale = wl_sum / w_sum;
     Ok(a.iter().zip(&b).map(|(&a, &b)| if a > 0.0 { b / a * scale } else { f64::NAN }).collect())
 }
